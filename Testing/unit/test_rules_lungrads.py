@@ -436,3 +436,64 @@ def test_apply_to_result_fills_findings_json_fields():
     # applying again replaces, never duplicates
     evaluate(result.findings, ctx, LR).apply_to(result, ctx)
     assert len(result.findings[0].categories) == 1 and len(result.study_categories) == 1
+
+
+# ---- every row of the table has an example that it decides ------------------------------------------
+
+P12 = {"interval_months": 12}
+ROW_EXAMPLES = {
+    # row id: (type, mean, solid, exam, prior measurement or None, reader flags, finding extras)
+    "lr-benign-calcification": ("solid", 12.0, None, "baseline", None, ["benign_calcification"], {}),
+    "lr-juxtapleural-benign": ("solid", 8.0, None, "baseline", None, ["smooth_benign_shape"], {"juxtapleural": True}),
+    "lr-proven-benign": ("solid", 16.0, None, "follow-up", {"mean_diameter_mm": 16.0, "categories": {"lung-rads": "4B"}, **P12}, ["proven_benign"], {}),
+    "lr-slow-growth": ("solid", 6.5, None, "follow-up", {"mean_diameter_mm": 6.0, **P12}, ["slow_growth"], {}),
+    "lr-solid-baseline-4B": ("solid", 15.0, None, "baseline", None, [], {}),
+    "lr-solid-baseline-4A": ("solid", 8.0, None, "baseline", None, [], {}),
+    "lr-solid-baseline-3": ("solid", 6.0, None, "baseline", None, [], {}),
+    "lr-solid-baseline-2": ("solid", 5.9, None, "baseline", None, [], {}),
+    "lr-solid-new-4B": ("solid", 8.0, None, "follow-up", None, [], {}),
+    "lr-solid-new-4A": ("solid", 6.0, None, "follow-up", None, [], {}),
+    "lr-solid-new-3": ("solid", 4.0, None, "follow-up", None, [], {}),
+    "lr-solid-new-2": ("solid", 3.9, None, "follow-up", None, [], {}),
+    "lr-solid-growing-4B": ("solid", 8.0, None, "follow-up", {"mean_diameter_mm": 6.4, **P12}, [], {}),
+    "lr-solid-growing-4A": ("solid", 7.9, None, "follow-up", {"mean_diameter_mm": 6.3, **P12}, [], {}),
+    "lr-solid-threshold-4B": ("solid", 15.0, None, "follow-up", {"mean_diameter_mm": 14.0, **P12}, [], {}),
+    "lr-solid-threshold-4A": ("solid", 8.0, None, "follow-up", {"mean_diameter_mm": 7.5, **P12}, [], {}),
+    "lr-solid-threshold-3": ("solid", 6.0, None, "follow-up", {"mean_diameter_mm": 5.5, **P12}, [], {}),
+    "lr-partsolid-baseline-4B": ("part-solid", 10.0, 8.0, "baseline", None, [], {}),
+    "lr-partsolid-baseline-4A": ("part-solid", 10.0, 6.0, "baseline", None, [], {}),
+    "lr-partsolid-baseline-3": ("part-solid", 6.0, 5.9, "baseline", None, [], {}),
+    "lr-partsolid-baseline-2": ("part-solid", 5.9, 3.0, "baseline", None, [], {}),
+    "lr-partsolid-new-4B": ("part-solid", 8.0, 4.0, "follow-up", None, [], {}),
+    "lr-partsolid-new-3": ("part-solid", 5.9, 3.0, "follow-up", None, [], {}),
+    "lr-partsolid-new-4A": ("part-solid", 6.0, 3.9, "follow-up", None, [], {}),
+    "lr-partsolid-growing-4B": ("part-solid", 9.0, 4.0, "follow-up", {"mean_diameter_mm": 9.0, "solid_core_mean_diameter_mm": 2.4, "type": "part-solid", **P12}, [], {}),
+    "lr-partsolid-growing-4A": ("part-solid", 9.0, 3.9, "follow-up", {"mean_diameter_mm": 9.0, "solid_core_mean_diameter_mm": 2.3, "type": "part-solid", **P12}, [], {}),
+    "lr-partsolid-threshold-4B": ("part-solid", 12.0, 8.0, "follow-up", {"mean_diameter_mm": 12.0, "solid_core_mean_diameter_mm": 7.5, "type": "part-solid", **P12}, [], {}),
+    "lr-partsolid-threshold-4A": ("part-solid", 10.0, 6.0, "follow-up", {"mean_diameter_mm": 10.0, "solid_core_mean_diameter_mm": 5.5, "type": "part-solid", **P12}, [], {}),
+    "lr-partsolid-threshold-3": ("part-solid", 6.0, 2.0, "follow-up", {"mean_diameter_mm": 5.5, "solid_core_mean_diameter_mm": 2.0, "type": "part-solid", **P12}, [], {}),
+    "lr-stable-after-4B": ("solid", 16.0, None, "follow-up", {"mean_diameter_mm": 16.0, "categories": {"lung-rads": "4B"}, **P12}, [], {}),
+    "lr-stable-after-4A": ("solid", 9.0, None, "follow-up", {"mean_diameter_mm": 9.0, "categories": {"lung-rads": "4A"}, **P12}, [], {}),
+    "lr-stable-after-3": ("solid", 7.0, None, "follow-up", {"mean_diameter_mm": 7.0, "categories": {"lung-rads": "3"}, **P12}, [], {}),
+    "lr-stable-after-2": ("solid", 5.0, None, "follow-up", {"mean_diameter_mm": 5.0, **P12}, [], {}),
+    "lr-gg-baseline-new-3": ("ground-glass", 30.0, None, "baseline", None, [], {}),
+    "lr-gg-baseline-new-2": ("ground-glass", 29.9, None, "baseline", None, [], {}),
+    "lr-gg-threshold-3": ("ground-glass", 30.0, None, "follow-up", {"mean_diameter_mm": 29.9, **P12}, [], {}),
+    "lr-gg-followup-2": ("ground-glass", 31.0, None, "follow-up", {"mean_diameter_mm": 31.0, **P12}, [], {}),
+}
+
+
+def test_every_row_has_an_example():
+    assert set(ROW_EXAMPLES) == {r.id for r in LR.rows}
+
+
+@pytest.mark.parametrize("row_id", list(ROW_EXAMPLES))
+def test_row_decides_its_example(row_id):
+    kind, mean, solid, exam, prior, flags, extra = ROW_EXAMPLES[row_id]
+    ctx = RuleContext(screening=True, exam=exam, priors={"F1": PriorMeasurement(**prior)} if prior else {},
+                      finding_flags={"F1": flags} if flags else {})
+    ev = evaluate([nodule(kind, mean, solid, **extra)], ctx, LR)
+    row = next(r for r in LR.rows if r.id == row_id)
+    assert ev.categories["F1"].rule_id == row_id
+    assert ev.categories["F1"].value == row.category
+    assert ev.categories["F1"].recommendation == LR.category(row.category).recommendation
