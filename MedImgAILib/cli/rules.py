@@ -126,7 +126,16 @@ def _read_findings(path: Path) -> tuple[AnalysisResult, bool]:
         items = data.get("findings") if isinstance(data, dict) else data
         if not isinstance(items, list):
             raise RuleError(f"findings file {path}: expected a {FINDINGS_SCHEMA} file or a JSON list of findings")
-        return AnalysisResult(findings=[Finding.model_validate(x) for x in items]), False
+        findings = []
+        for i, item in enumerate(items):
+            try:
+                findings.append(Finding.model_validate(item))
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                fid = item.get("id", "?") if isinstance(item, dict) else "?"
+                loc = ".".join(str(p) for p in first["loc"])
+                raise RuleError(f"findings file {path}: finding {i} ({fid}): field {loc}: {first['msg']}") from None
+        return AnalysisResult(findings=findings), False
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(p) for p in first["loc"])

@@ -267,7 +267,8 @@ def load_rule_set_file(path: str | Path) -> RuleSet:
     except OSError as exc:
         raise ContentError(f"rule set {path}: cannot be read ({exc.strerror or exc})") from exc
     try:
-        data = yaml.safe_load(text)
+        # libyaml's safe loader when present (same semantics as yaml.safe_load, ~10x faster)
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
