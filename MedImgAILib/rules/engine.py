@@ -288,7 +288,8 @@ def _facts(rs: RuleSet, f: Finding, ctx: RuleContext, notes: list[str]) -> Facts
         facts.prior_solid_component_mm = round_half_up(prior.solid_core_mean_diameter_mm, d)
     facts.interval_months = prior.interval_months
     facts.status = _growth_status(rs, f.id, facts, prior, notes)
-    if facts.status == "stable":
+    uses_prior_category = any(r.when.prior_category for r in rs.rows)
+    if facts.status == "stable" and uses_prior_category:
         facts.prior_category = _prior_category(rs, prior, facts, f.id, notes)
     else:
         facts.prior_category = prior.categories.get(rs.id)

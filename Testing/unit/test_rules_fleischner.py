@@ -257,3 +257,11 @@ def test_no_nodules_is_not_applicable_with_reason():
 def test_nodule_without_size_is_not_assessable():
     ev = incidental(nodule("solid", None))
     assert ev.categories["F1"].value == NOT_ASSESSABLE and "no mean diameter" in ev.categories["F1"].recommendation
+
+
+def test_follow_up_exam_uses_the_same_table_without_lung_rads_notes():
+    ctx = RuleContext(screening=False, age_years=60, risk="low", exam="follow-up",
+                      priors={"F1": {"mean_diameter_mm": 6.0, "interval_months": 12}})
+    ev = evaluate([nodule("solid", 7.0)], ctx, FL)
+    assert ev.categories["F1"].value == "Solid single 6-8 mm, low risk"
+    assert ev.notes == []
