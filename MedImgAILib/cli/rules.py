@@ -143,10 +143,10 @@ def _read_findings(path: Path) -> tuple[AnalysisResult, bool]:
 
 
 def _apply(args: argparse.Namespace) -> int:
-    from ..rules import evaluate, list_rule_sets, load_rule_set, make_context, parse_context_arg
+    from ..rules import RuleContext, evaluate, list_rule_sets, load_rule_set, make_context, parse_context_arg
 
     result, full = _read_findings(args.findings)
-    given = {k: v for k, v in (result.context or {}).items() if k in make_context().model_fields}
+    given = {k: v for k, v in (result.context or {}).items() if k in RuleContext.model_fields}
     context = make_context(**{**given, **parse_context_arg(args.context)})
     ids = [s.strip() for s in args.rules.split(",") if s.strip()]
     rule_sets = [load_rule_set(i) for i in ids] if ids else list_rule_sets()

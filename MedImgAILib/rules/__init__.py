@@ -8,12 +8,13 @@ The criteria are data (``Resources/rules/*.yaml``, schema in ``schema.py``); thi
 the generic engine. See docs/rules.md.
 """
 
-from .context import PriorMeasurement, RuleContext, infer_context, make_context, parse_context_arg
+from .context import FINDING_FLAGS, PriorMeasurement, RuleContext, infer_context, make_context, parse_context_arg
 from .engine import Facts, StudyEvaluation, evaluate, evaluate_all, normalize_type, round_half_up
 from .library import list_rule_sets, load_rule_set, rules_dir
 from .schema import NOT_APPLICABLE, NOT_ASSESSABLE, RuleSet, load_rule_set_file
 
 __all__ = [
+    "FINDING_FLAGS",
     "NOT_APPLICABLE",
     "NOT_ASSESSABLE",
     "Facts",

@@ -10,24 +10,49 @@ from __future__ import annotations
 import re
 from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import RuleError
 
 
+#: features a reader sets per finding (the model cannot judge them); the rule sets' rows may only use these
+FINDING_FLAGS: dict[str, str] = {
+    "benign_calcification": "complete, central, popcorn or concentric-ring calcification, or fat (Lung-RADS 1)",
+    "smooth_benign_shape": "smooth margins and oval / lentiform / triangular shape (Lung-RADS juxtapleural rule)",
+    "additional_suspicious_features": "features that increase suspicion of lung cancer (Lung-RADS 3/4 -> 4X)",
+    "slow_growth": "growth over several screening exams (Lung-RADS 4B)",
+    "proven_benign": "category 4B lesion proven benign after workup (Lung-RADS 2)",
+}
+
+
 class PriorMeasurement(BaseModel):
-    """The matched nodule on the prior exam (filled by prior matching / the tracking store)."""
+    """The matched nodule on the prior exam (filled by prior matching / the tracking store).
+
+    Also read from ``Finding.prior``; ``prior_mean_diameter_mm`` / ``prior_solid_core_mean_diameter_mm``
+    and ``interval_days`` are accepted there too."""
 
     model_config = ConfigDict(extra="ignore")
 
-    mean_diameter_mm: Optional[float] = None
-    solid_core_mean_diameter_mm: Optional[float] = None
+    mean_diameter_mm: Optional[float] = Field(
+        default=None, validation_alias=AliasChoices("mean_diameter_mm", "prior_mean_diameter_mm")
+    )
+    solid_core_mean_diameter_mm: Optional[float] = Field(
+        default=None,
+        validation_alias=AliasChoices("solid_core_mean_diameter_mm", "prior_solid_core_mean_diameter_mm"),
+    )
     volume_mm3: Optional[float] = None
     type: str = ""  # nodule type on the prior exam ("ground-glass" -> a solid component is new)
     #: months between the prior exam and this one
     interval_months: Optional[float] = None
     #: the category the prior received under the rule set being applied (stepped management)
     categories: dict[str, str] = Field(default_factory=dict)  # rule-set id -> value, e.g. {"lung-rads": "4A"}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _days_to_months(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("interval_months") is None and data.get("interval_days") is not None:
+            data = {**data, "interval_months": float(data["interval_days"]) / (365.25 / 12)}
+        return data
 
 
 class RuleContext(BaseModel):
@@ -52,6 +77,15 @@ class RuleContext(BaseModel):
     #: "smooth_benign_shape" (smooth margins, oval/lentiform/triangular), "additional_suspicious_features"
     #: (-> 4X), "slow_growth", "proven_benign"
     finding_flags: dict[str, list[str]] = Field(default_factory=dict)
+
+    @field_validator("finding_flags")
+    @classmethod
+    def _known_flags(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for fid, flags in v.items():
+            unknown = sorted(set(flags) - set(FINDING_FLAGS))
+            if unknown:
+                raise ValueError(f"finding {fid}: unknown flag(s) {unknown}; known: {sorted(FINDING_FLAGS)}")
+        return v
 
     def effective_exam(self) -> str:
         return self.exam or ("follow-up" if self.priors else "baseline")

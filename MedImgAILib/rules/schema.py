@@ -226,6 +226,15 @@ class RuleSet(_Strict):
         dup = {i for i in ids if ids.count(i) > 1}
         if dup:
             raise ValueError(f"row ids used twice: {sorted(dup)}")
+        from .context import FINDING_FLAGS
+
+        for i, row in enumerate(self.rows):
+            unknown = sorted(set(row.when.flags or []) - set(FINDING_FLAGS))
+            if unknown:
+                raise ValueError(f"rows.{i} ({row.id}): unknown flag(s) {unknown}; known: {sorted(FINDING_FLAGS)}")
+        for i, up in enumerate(self.upgrades):
+            if up.flag not in FINDING_FLAGS:
+                raise ValueError(f"upgrades.{i}: unknown flag {up.flag!r}; known: {sorted(FINDING_FLAGS)}")
         known = set(values)
         for i, row in enumerate(self.rows):
             if row.category not in known:

@@ -104,3 +104,19 @@ def test_exam_defaults():
 
 def test_context_for_findings_json_has_no_defaults_noise():
     assert RuleContext(age_years=60, screening=False).public_dict() == {"age_years": 60.0, "screening": False}
+
+
+def test_unknown_reader_flag_is_refused():
+    with pytest.raises(RuleError, match=r"finding F1: unknown flag\(s\) \['proven-benign'\]"):
+        make_context(finding_flags={"F1": ["proven-benign"]})
+
+
+def test_prior_from_finding_prior_dict_with_days_and_prefixed_names():
+    from MedImgAILib.rules import PriorMeasurement
+
+    p = PriorMeasurement.model_validate({"prior_mean_diameter_mm": 5.0, "interval_days": 365, "volume_change_pct": 40})
+    assert p.mean_diameter_mm == 5.0 and abs(p.interval_months - 12.0) < 0.01
+    f = Finding(id="F1", label="nodule", type="solid", mean_diameter_mm=6.6, prior={"prior_mean_diameter_mm": 5.0, "interval_days": 400})
+    ev = evaluate([f], RuleContext(screening=True, exam="follow-up"), load_rule_set("lung-rads"))
+    assert ev.facts["F1"].status == "stable"  # 13 months: outside the growth window
+    assert ev.categories["F1"].value == "3"  # but it crossed 6 mm

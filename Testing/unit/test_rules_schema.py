@@ -95,6 +95,7 @@ BROKEN = [
     ("upgrade to undefined", lambda d: d["upgrades"][0].update(to="5"), r"upgrades\.0: category '5'"),
     ("study default undefined", lambda d: d["study"].update(no_findings="N"), r"study\.no_findings: category 'N'"),
     ("screening mode", lambda d: d["applicability"].update(screening="maybe"), r"applicability\.screening"),
+    ("unknown flag", lambda d: d["rows"][0]["when"].update(flags=["calcified"]), r"rows\.0 \(lr-benign-calcification\): unknown flag"),
 ]
 
 
