@@ -52,6 +52,14 @@ class ResultNodes:
     study_item: int
 
 
+def segment_tag(segment: Any, name: str) -> Optional[str]:
+    """A segment's tag value, or None when the tag is absent."""
+    import vtk
+
+    value = vtk.reference("")
+    return str(value) if segment.GetTag(name, value) else None
+
+
 def _code_str(code: Optional[Code]) -> str:
     return f"{code.scheme}^{code.value}^{code.meaning}" if code else "^^"
 

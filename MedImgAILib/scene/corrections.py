@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from ..results import AnalysisResult, Finding
 from ..volume import Volume
-from .build import ATTR_AXIS, ATTR_RESULT, ATTR_ROLE, TAG_FINDING, TAG_STATUS, fill_table
+from .build import ATTR_AXIS, ATTR_RESULT, ATTR_ROLE, TAG_FINDING, TAG_STATUS, fill_table, segment_tag
 from .context import SceneContext
 from .convert import affine_lps_from_node, array_from_image_data, ras_to_lps
 
@@ -117,10 +117,9 @@ def read_corrections(
     by_finding: dict[str, str] = {}
     untagged: list[str] = []
     for sid in segmentation.GetSegmentIDs():
-        tag: list[str] = [""]
-        segment = segmentation.GetSegment(sid)
-        if segment.GetTag(TAG_FINDING, tag) and tag[0]:
-            by_finding[tag[0]] = sid
+        fid = segment_tag(segmentation.GetSegment(sid), TAG_FINDING)
+        if fid:
+            by_finding[fid] = sid
         else:
             untagged.append(sid)
     lines: dict[str, dict[str, Any]] = {}
@@ -141,13 +140,11 @@ def read_corrections(
             recorded_at=now,
         )
         sid = by_finding.get(f.id)
-        status: list[str] = [""]
-        if sid is not None:
-            segmentation.GetSegment(sid).GetTag(TAG_STATUS, status)
+        status = (segment_tag(segmentation.GetSegment(sid), TAG_STATUS) if sid is not None else None) or ""
         long_node = lines.get(f.id, {}).get("long")
-        if sid is None or status[0] == "rejected" or (f.long_axis_lps_mm and long_node is None):
+        if sid is None or status == "rejected" or (f.long_axis_lps_mm and long_node is None):
             rec.action = "rejected"
-            rec.what_changed.append("segment deleted" if sid is None else ("marked rejected" if status[0] == "rejected" else "long axis line deleted"))
+            rec.what_changed.append("segment deleted" if sid is None else ("marked rejected" if status == "rejected" else "long axis line deleted"))
             records.append(rec)
             continue
         ai_mask = ai_labels == f.label_value
@@ -171,7 +168,7 @@ def read_corrections(
         if "long axis line" in rec.what_changed or "short axis line" in rec.what_changed:
             if new.long_axis_mm is not None and new.short_axis_mm is not None:
                 new.mean_diameter_mm = (new.long_axis_mm + new.short_axis_mm) / 2.0
-        rec.action = "edited" if rec.what_changed else ("accepted" if status[0] == "accepted" else "unreviewed")
+        rec.action = "edited" if rec.what_changed else ("accepted" if status == "accepted" else "unreviewed")
         new.status = rec.action if rec.action != "unreviewed" else f.status
         rec.corrected_volume_mm3 = new.volume_mm3
         rec.corrected_mean_diameter_mm = new.mean_diameter_mm
