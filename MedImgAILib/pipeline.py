@@ -1,0 +1,451 @@
+"""The analysis loop, composed from the stages: source -> series -> protocol check -> model -> findings
+-> priors -> rules -> SEG/SR/key images -> sink -> tracking.
+
+``analyze()`` is what the CLI (``medimgai analyze``), the listener (a study completed) and the Slicer
+module (through the worker process) call. Everything is built in a hidden work folder inside the output
+folder and moved into place only when every stage has succeeded, findings.json last; a failing stage
+leaves ``error.json`` (stage, kind, message) and no result that could be mistaken for a final one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import numpy as np
+
+from .errors import CancelledError, DicomInputError, MedImgAIError, ModelError, NoSeriesFoundError
+from .results import AnalysisResult, ModelRef, Outputs
+from .volume import Volume
+
+log = logging.getLogger(__name__)
+
+#: progress(fraction 0..1, message)
+Progress = Callable[[float, str], None]
+
+#: rule sets applied to findings of a model, by the model card's anatomic region (SNOMED code value)
+DEFAULT_RULE_SETS = {"39607008": ["lung-rads", "fleischner-2017"]}  # Lung
+
+
+class PipelineError(MedImgAIError):
+    kind = "pipeline"
+
+    def __init__(self, message: str, stage: str = "") -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
+@dataclass
+class AnalysisOptions:
+    model_id: Optional[str] = None  # None: chosen by matching the series against the model cards
+    series_uid: Optional[str] = None
+    device: Optional[str] = None
+    weights_dir: Optional[str] = None
+    context: dict[str, Any] = field(default_factory=dict)  # explicit rule context (wins over headers)
+    protocol_id: Optional[str] = None
+    policy: Optional[Any] = None  # protocols.ConformancePolicy; default: analyze with a warning
+    key_images: bool = True
+    send_to: Optional[str] = None  # PACS node (name or AET@host:port) for SEG/SR/key images
+    pacs_settings: Optional[Any] = None  # pacs.PacsSettings
+    store: Optional[Any] = None  # tracking.ResultStore: priors in, result out
+    site: str = ""
+    observer: Optional[str] = None  # a radiologist confirming; None = the device alone
+
+
+@dataclass
+class _Run:
+    out: Path
+    work: Path
+    progress: Optional[Progress]
+    cancel: Optional[threading.Event]
+    timings: dict[str, float] = field(default_factory=dict)
+    stage: str = "start"
+
+    @contextmanager
+    def step(self, name: str, fraction: float, message: str) -> Iterator[None]:
+        if self.cancel is not None and self.cancel.is_set():
+            raise CancelledError(f"analysis cancelled before {name}")
+        self.stage = name
+        if self.progress:
+            self.progress(fraction, message)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+
+
+# --------------------------------------------------------------------------------------------------
+# source
+# --------------------------------------------------------------------------------------------------
+def parse_pacs_source(source: str) -> Optional[tuple[str, str]]:
+    """``NODE:STUDY_UID`` (NODE a configured name or AET@host:port) -> (node, study uid); else None."""
+    if os.path.exists(source) or ":" not in source:
+        return None
+    node, _, uid = source.rpartition(":")
+    if node and uid and all(c.isdigit() or c == "." for c in uid):
+        return node, uid
+    return None
+
+
+def _retrieve(node_spec: str, study_uid: str, dest: Path, opts: AnalysisOptions, run: _Run) -> Path:
+    from .pacs.client import retrieve
+    from .pacs.settings import load_settings
+
+    settings = opts.pacs_settings or load_settings()
+    node = settings.node(node_spec)
+
+    def on_progress(done: int, total: int) -> None:
+        if run.progress and total:
+            run.progress(0.02 + 0.13 * done / total, f"retrieved {done}/{total} instances from {node}")
+
+    res = retrieve(node, settings, study_uid, dest, on_progress=on_progress, cancel=run.cancel)
+    if not res.complete:
+        raise PipelineError(
+            f"retrieval of study {study_uid} from {node} is incomplete ({res.received} of {res.expected} instances"
+            f"{'; ' + res.errors[0] if res.errors else ''}); nothing was analysed", stage="retrieve")
+    return Path(res.out_dir)
+
+
+def select_series(source: Path, card_modality: Optional[str], series_uid: Optional[str]) -> Any:
+    """The series to analyse: the one asked for, else the image series of the model's modality with the
+    most slices (thin reconstructions carry more information than thick ones of the same study)."""
+    from .dicom.scan import scan, select_series as pick
+
+    refs = [r for r in scan(source) if r.is_image]
+    if series_uid:
+        return pick(refs, series_uid, str(source))
+    candidates = [r for r in refs if not card_modality or (r.modality or "").upper() == card_modality.upper()]
+    if not candidates:
+        found = ", ".join(sorted({r.modality or "?" for r in refs})) or "no image series"
+        raise NoSeriesFoundError(f"{source} holds no {card_modality or 'image'} series to analyse (found: {found})")
+    return max(candidates, key=lambda r: len(r.slices))
+
+
+# --------------------------------------------------------------------------------------------------
+# the loop
+# --------------------------------------------------------------------------------------------------
+def analyze(
+    source: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    options: Optional[AnalysisOptions] = None,
+    progress: Optional[Progress] = None,
+    cancel: Optional[threading.Event] = None,
+) -> AnalysisResult:
+    opts = options or AnalysisOptions()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "error.json").unlink(missing_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".work-", dir=out))
+    run = _Run(out=out, work=work, progress=progress, cancel=cancel)
+    t_start = time.perf_counter()
+    try:
+        result = _analyze(str(source), opts, run)
+        result.timings_s = {k: round(v, 4) for k, v in run.timings.items()}
+        result.timings_s["total"] = round(time.perf_counter() - t_start, 4)
+        _promote(run, result)
+        if progress:
+            progress(1.0, f"done: {len(result.findings)} finding(s)")
+        return result
+    except BaseException as exc:
+        _write_error(out, run.stage, exc)
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _write_error(out: Path, stage: str, exc: BaseException) -> None:
+    kind = getattr(exc, "kind", type(exc).__name__)
+    message = str(exc) if isinstance(exc, MedImgAIError) else f"{type(exc).__name__}: {exc}"
+    record = {"schema": "medimgai.error/1", "stage": stage, "kind": kind, "message": message,
+              "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    tmp = out / ".error.json.partial"
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, out / "error.json")
+
+
+def _promote(run: _Run, result: AnalysisResult) -> None:
+    """Move the finished outputs from the work folder into the output folder, findings.json last."""
+    out, work = run.out, run.work
+    for name in ("findings.json",):
+        (out / name).unlink(missing_ok=True)
+    moved: dict[str, str] = {}
+    for item in sorted(work.iterdir()):
+        if item.name == "findings.json":
+            continue
+        target = out / item.name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+        os.replace(item, target)
+        moved[item.name] = str(target)
+    o = result.outputs
+    o.seg = str(out / "seg.dcm") if "seg.dcm" in moved else None
+    o.sr = str(out / "sr.dcm") if "sr.dcm" in moved else None
+    o.key_images = sorted(str(p) for p in (out / "key_images").glob("*.dcm")) if "key_images" in moved else []
+    o.label_map = str(out / "labels.nii.gz") if "labels.nii.gz" in moved else None
+    o.instance_map = str(out / "instances.nii.gz") if "instances.nii.gz" in moved else None
+    result.write(out / "findings.json")
+
+
+def _analyze(source: str, opts: AnalysisOptions, run: _Run) -> AnalysisResult:
+    from .models.registry import get_card
+
+    card = get_card(opts.model_id) if opts.model_id else None
+
+    # source -> local series folder (or an image file for research use)
+    pacs_src = parse_pacs_source(source)
+    if pacs_src:
+        with run.step("retrieve", 0.02, f"retrieving study {pacs_src[1]} from {pacs_src[0]}"):
+            local: Path = _retrieve(pacs_src[0], pacs_src[1], run.work / "source", opts, run)
+    else:
+        local = Path(source)
+        if not local.exists():
+            raise PipelineError(f"{source} is neither a folder, a file nor NODE:STUDY_UID", stage="source")
+
+    # series -> Volume + metadata
+    with run.step("load", 0.16, "loading the series"):
+        volume, files, metadata = _load(local, card, opts)
+    if card is None:
+        card = choose_model(metadata, volume)
+    result = AnalysisResult(
+        study_instance_uid=volume.study_instance_uid,
+        series_instance_uid=volume.series_instance_uid,
+        model=ModelRef(id=card.id, version=card.version, weights_sha256=card.weights.sha256 if card.weights else ""),
+    )
+    result.outputs.source_dir = str(local if local.is_dir() else local.parent) if not pacs_src else str(run.out / "source")
+    result.warnings.extend(volume.warnings)
+
+    # protocol conformance before any inference
+    with run.step("protocol", 0.2, "checking the acquisition against the protocol library"):
+        _protocol(result, metadata, volume, card, opts)
+
+    # model
+    with run.step("inference", 0.25, f"running {card.id} {card.version}"):
+        inference = _infer(card, volume, opts, run)
+    result.warnings.extend(w for w in inference.warnings if w not in result.warnings)
+    result.context["device"] = inference.device
+    for k, v in inference.timings_s.items():
+        run.timings[f"inference.{k}"] = v
+
+    # findings, priors, rules
+    with run.step("findings", 0.8, "measuring findings"):
+        findings, instance_map = _findings(card, volume, inference)
+        result.findings = findings
+        result.study_measurements.update(_study_measurements(inference))
+    with run.step("rules", 0.85, "applying the clinical rule sets"):
+        _priors(result, metadata, opts)
+        _rules(result, card, metadata, opts)
+
+    # outputs
+    with run.step("export", 0.88, "writing SEG, SR and key images"):
+        _write_maps(run.work, volume, inference.labels.array, instance_map)
+        _export(run.work, card, volume, instance_map, result, files, opts)
+    if opts.send_to:
+        with run.step("send", 0.95, f"sending SEG/SR to {opts.send_to}"):
+            _send(run.work, opts, result)
+    if opts.store is not None:
+        with run.step("track", 0.98, "recording the result"):
+            opts.store.record_result(
+                result,
+                patient_id=(metadata.identifiers.patient_id.value or "") if metadata else "",
+                study_date=(metadata.study.study_date.value or "") if metadata else "",
+                site=opts.site,
+                findings_path=str(run.out / "findings.json"),
+            )
+    return result
+
+
+def _load(local: Path, card: Any, opts: AnalysisOptions) -> tuple[Volume, list[str], Any]:
+    if local.is_file() and local.name.lower().endswith((".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")):
+        from .inference.engine import load_input
+
+        vol = load_input(local)
+        if not vol.modality and card is not None:
+            vol.modality = card.modality
+        return vol, [], vol.metadata
+    from .dicom.load import load_series
+
+    ref = select_series(local, card.modality if card else None, opts.series_uid)
+    vol = load_series(ref)
+    return vol, list(ref.files), vol.metadata
+
+
+def choose_model(metadata: Any, volume: Volume) -> Any:
+    """The model card that matches the series (modality, then body region / protocol) — the listener's
+    choice when no model is named."""
+    from .models.registry import list_cards
+
+    modality = (volume.modality or "").upper()
+    cards = [c for c in list_cards() if (c.modality or "").upper() == modality]
+    if not cards:
+        raise ModelError(f"no model card accepts {modality or 'this'} series {volume.series_instance_uid}")
+    if len(cards) == 1:
+        return cards[0]
+    body = ((metadata.series.body_part_snomed.value or "") if metadata else "").split(" ")[0]
+    for c in cards:
+        if body and body.endswith(c.body_region.value):
+            return c
+    return cards[0]
+
+
+def _protocol(result: AnalysisResult, metadata: Any, volume: Volume, card: Any, opts: AnalysisOptions) -> None:
+    if metadata is None:
+        result.protocol = {"id": None, "version": None, "conformant": None, "checks": [],
+                           "messages": ["no DICOM header (image file input): acquisition not checked"]}
+        return
+    from .protocols.conformance import ConformancePolicy, check_series
+
+    candidates = list(getattr(card, "required_protocols", []) or []) or None
+    report = check_series(metadata, volume, opts.protocol_id, candidates=candidates)
+    decision = (opts.policy or ConformancePolicy()).decide(report)
+    result.protocol = {
+        "id": report.protocol.id if report.protocol else None,
+        "version": report.protocol.version if report.protocol else None,
+        "conformant": report.conformant,
+        "matched_by": report.matched_by,
+        "checks": [c.model_dump(mode="json") for c in report.checks],
+        "image_quality": report.image_quality,
+        "decision": decision.action,
+        "messages": report.messages,
+    }
+    if not decision.proceed:
+        raise PipelineError(
+            f"series {volume.series_instance_uid} does not meet protocol "
+            f"{report.protocol.id if report.protocol else '(none matched)'}: " + "; ".join(decision.reasons[:4])
+            + " (site policy: refuse)", stage="protocol")
+    if decision.action == "analyze_with_warning":
+        result.warnings.extend(f"protocol: {r}" for r in decision.reasons)
+
+
+def _infer(card: Any, volume: Volume, opts: AnalysisOptions, run: _Run) -> Any:
+    from .inference.engine import run_model
+
+    def on_progress(fraction: float, message: str = "") -> None:
+        if run.progress:
+            run.progress(0.25 + 0.55 * float(fraction), message or "inference")
+
+    return run_model(card, volume, device=opts.device, weights_dir=opts.weights_dir,
+                     progress=on_progress, cancel=run.cancel)
+
+
+def label_specs_for(card: Any) -> list[Any]:
+    from .findings.extract import LabelSpec
+    from .results import Code
+
+    lung = "39607008"
+    specs = []
+    for lab in card.labels:
+        region = lab.anatomic_region
+        specs.append(LabelSpec(
+            value=lab.value, name=lab.name,
+            finding_code=Code(value=lab.type.value, scheme=lab.type.scheme, meaning=lab.type.meaning),
+            category_code=Code(value=lab.category.value, scheme=lab.category.scheme, meaning=lab.category.meaning),
+            site_code=Code(value=region.value, scheme=region.scheme, meaning=region.meaning) if region else None,
+            min_size_mm3=float(getattr(lab, "min_volume_mm3", 0.0) or getattr(card, "min_lesion_volume_mm3", 0.0) or 0.0),
+            is_lung_lesion=card.body_region.value == lung and lab.type.value == "27925004",
+        ))
+    return specs
+
+
+def _findings(card: Any, volume: Volume, inference: Any) -> tuple[list[Any], np.ndarray]:
+    from .findings.extract import extract_findings, instance_map_for
+
+    labels = inference.labels
+    probs = getattr(inference.prediction, "probabilities", None)
+    prob_vol = probs if isinstance(probs, Volume) and probs.array.shape == labels.array.shape else None
+    findings = extract_findings(labels, volume, prob_vol, label_specs_for(card))
+    instance_map = instance_map_for(labels, findings)
+    return findings, instance_map
+
+
+def _study_measurements(inference: Any) -> dict[str, float]:
+    measures = getattr(inference.prediction, "study_measurements", None) or inference.info.get("study_measurements")
+    return {k: float(v) for k, v in (measures or {}).items()}
+
+
+def _priors(result: AnalysisResult, metadata: Any, opts: AnalysisOptions) -> None:
+    if opts.store is None or metadata is None or not result.findings:
+        return
+    pid = metadata.identifiers.patient_id.value
+    date = metadata.study.study_date.value
+    if not pid or not date:
+        return
+    priors = opts.store.priors(pid, before_date=date, model_id=result.model.id if result.model else None)
+    if not priors:
+        return
+    from .findings.prior import growth, interval_days, match_prior
+
+    prior_date, prior = priors[0]
+    days = interval_days(prior_date, date)
+    for f, p in match_prior(result.findings, prior.findings):
+        if p is not None:
+            f.prior = growth(f, p, days)
+    result.context["prior_study_date"] = prior_date
+
+
+def rule_sets_for(card: Any) -> list[str]:
+    explicit = getattr(card, "rule_sets", None)
+    if explicit is not None:
+        return list(explicit)
+    return list(DEFAULT_RULE_SETS.get(card.body_region.value, []))
+
+
+def _rules(result: AnalysisResult, card: Any, metadata: Any, opts: AnalysisOptions) -> None:
+    from .rules import evaluate
+    from .rules.context import infer_context
+
+    names = rule_sets_for(card)
+    if not names:
+        return
+    ctx = infer_context(metadata, opts.context or None)
+    for name in names:
+        evaluate(result.findings, ctx, name).apply_to(result, ctx)
+
+
+def _write_maps(work: Path, volume: Volume, labels: np.ndarray, instance_map: np.ndarray) -> None:
+    import nibabel as nib
+
+    nib.save(volume.with_array(labels.astype(np.uint8)).to_nifti(), str(work / "labels.nii.gz"))
+    nib.save(volume.with_array(instance_map.astype(np.uint16)).to_nifti(), str(work / "instances.nii.gz"))
+
+
+def _export(work: Path, card: Any, volume: Volume, instance_map: np.ndarray, result: AnalysisResult,
+            files: Sequence[str], opts: AnalysisOptions) -> None:
+    if not files:  # an image file has no DICOM source to reference: findings.json and NIfTI only
+        result.warnings.append("input was not DICOM: no SEG/SR/key images written")
+        return
+    from .export import DeviceInfo, export_study
+
+    device = DeviceInfo(model_id=card.id, model_version=card.version)
+    export_study(
+        work, volume, instance_map, result.findings, list(files), device,
+        label_specs=label_specs_for(card), study_measurements=result.study_measurements or None,
+        person_observer=opts.observer, key_images=opts.key_images,
+    )
+
+
+def _send(work: Path, opts: AnalysisOptions, result: AnalysisResult) -> None:
+    from .pacs.client import store
+    from .pacs.settings import load_settings
+
+    settings = opts.pacs_settings or load_settings()
+    node = settings.node(opts.send_to)
+    paths = [p for p in (work / "seg.dcm", work / "sr.dcm") if p.exists()] + sorted((work / "key_images").glob("*.dcm"))
+    if not paths:
+        return
+    res = store(node, settings, paths)
+    if res.failed:
+        raise PipelineError(f"{node} refused {res.failed} of {len(paths)} result objects: {'; '.join(res.errors[:3])}", stage="send")
+    result.context["sent_to"] = str(node)
