@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 from ..errors import MedImgAIError
@@ -74,8 +75,7 @@ def run(args: argparse.Namespace) -> int:
         except MedImgAIError as exc:
             emit("error", message=str(exc), kind=exc.kind)
             return 2
-        emit("result", findings_json=str(result.outputs.seg and (args.out + "/findings.json") or args.out + "/findings.json"),
-             findings=len(result.findings))
+        emit("result", findings_json=str(Path(args.out) / "findings.json"), findings=len(result.findings))
         return 0
 
     result = analyze(args.source, args.out, options_from_args(args))
