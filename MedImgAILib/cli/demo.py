@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     from ..pacs.listener import Listener, ListenerConfig
     from ..pacs.settings import Node, PacsSettings
     from ..phantoms import NoduleSpec, PhantomSpec, write_phantom_series
-    from ..phantoms.spec import AcquisitionSpec, StudySpec
+    from ..phantoms.spec import AcquisitionSpec, StudyContext
     from ..pipeline import AnalysisOptions, analyze
     from .analyze import print_result
 
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         ],
         acquisition=AcquisitionSpec(matrix=args.matrix, slice_thickness_mm=args.slice_thickness, fov_mm=360.0,
                                     tube_current_ma=60.0, kernel="soft"),
-        study=StudySpec(indication="Lung cancer screening, baseline", patient_age_years=64),
+        study=StudyContext(indication="Lung cancer screening, baseline", patient_age_years=64),
     )
     case = write_phantom_series(spec, out / "study", keep_volume=False)
     timings["phantom"] = time.perf_counter() - t
@@ -135,7 +135,7 @@ def _compare_with_truth(console: Any, truth: dict[str, Any], result: Any) -> Non
         c = np.asarray(n["center_lps_mm"])
         best = min(result.findings, key=lambda f: np.linalg.norm(np.asarray(f.center_lps_mm) - c), default=None)
         hit = best is not None and np.linalg.norm(np.asarray(best.center_lps_mm) - c) < max(5.0, n.get("diameter_mm", 5))
-        true_mean = n.get("mean_axial_diameter_mm") or n.get("diameter_mm")
+        true_mean = n.get("axial_mean_diameter_mm") or n.get("diameter_mm")
         if hit:
             verr = 100.0 * (best.volume_mm3 - n["volume_mm3"]) / n["volume_mm3"] if n.get("volume_mm3") else float("nan")
             t.add_row(str(n.get("id", "")), n.get("type", ""), f"{true_mean:.1f}", best.id, f"{best.mean_diameter_mm:.1f}", f"{verr:+.0f}%")
