@@ -449,3 +449,67 @@ def _send(work: Path, opts: AnalysisOptions, result: AnalysisResult) -> None:
     if res.failed:
         raise PipelineError(f"{node} refused {res.failed} of {len(paths)} result objects: {'; '.join(res.errors[:3])}", stage="send")
     result.context["sent_to"] = str(node)
+
+
+# --------------------------------------------------------------------------------------------------
+# the unattended department: the listener hands over each completed study
+# --------------------------------------------------------------------------------------------------
+class StudyAnalyzer:
+    """``on_study_complete`` for the listener: queues each completed study and analyses it on one
+    worker thread (inference wants the machine to itself), so that the listener keeps receiving.
+
+    Results go to ``results_root/<StudyInstanceUID>/``; a study that cannot be analysed gets its
+    ``error.json`` there and the listener carries on. Our own SEG/SR coming back (e.g. routed by the
+    PACS) are not images and are not analysed again."""
+
+    def __init__(self, results_root: str | os.PathLike[str], options: AnalysisOptions) -> None:
+        import queue
+
+        self.results_root = Path(results_root)
+        self.options = options
+        self._queue: "queue.Queue[Optional[tuple[str, list[Path]]]]" = queue.Queue()
+        self.done: list[tuple[str, str]] = []  # (study uid, "ok" | error kind)
+        self._worker = threading.Thread(target=self._run, name="medimgai-analyzer", daemon=True)
+        self._worker.start()
+
+    def __call__(self, study_uid: str, paths: list[Path]) -> None:
+        self._queue.put((study_uid, list(paths)))
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                self._queue.task_done()
+                return
+            study_uid, paths = item
+            try:
+                self._analyze_one(study_uid, paths)
+            finally:
+                self._queue.task_done()
+
+    def _analyze_one(self, study_uid: str, paths: list[Path]) -> None:
+        from .dicom.scan import scan
+
+        out = self.results_root / study_uid
+        try:
+            folder = Path(os.path.commonpath([str(p.parent) for p in paths])) if paths else None
+            if folder is None or not any(r.is_image for r in scan(folder)):
+                self.done.append((study_uid, "no-images"))
+                return
+            analyze(folder, out, self.options)
+            self.done.append((study_uid, "ok"))
+            log.info("analysed a completed study: results in %s", out)
+        except MedImgAIError as exc:
+            self.done.append((study_uid, exc.kind))
+            log.warning("analysis of a completed study failed (%s); see %s", exc.kind, out / "error.json")
+        except Exception:  # noqa: BLE001 - one bad study must not stop the department's listener
+            self.done.append((study_uid, "internal"))
+            log.exception("analysis of a completed study failed unexpectedly; see %s", out / "error.json")
+
+    def join(self) -> None:
+        """Wait until every queued study has been analysed (tests, clean shutdown)."""
+        self._queue.join()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._worker.join(timeout=600)
