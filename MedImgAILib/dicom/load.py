@@ -198,7 +198,7 @@ def load_series(ref: SeriesRef, *, workers: int | None = None) -> Volume:
             scratch: dict = {}
             for k in native:
                 read_one(k, scratch)
-        _decode_others(out, other, slices, by_path, uid)
+        _decode_others(out, other, slices, by_path, uid, warnings)
 
     try:
         fill_all(out)
@@ -231,7 +231,7 @@ def load_series(ref: SeriesRef, *, workers: int | None = None) -> Volume:
 
 
 def _decode_others(
-    out: np.ndarray, ks: Sequence[int], slices: Sequence[SliceHeader], by_path: dict, uid: str
+    out: np.ndarray, ks: Sequence[int], slices: Sequence[SliceHeader], by_path: dict, uid: str, warnings: list[str]
 ) -> None:
     """Compressed (or otherwise not-in-place) slices: decode each instance once with pydicom."""
     if not ks:
@@ -251,9 +251,11 @@ def _decode_others(
         except (MissingPixelDataError, _Overflow):
             raise
         except Exception as exc:  # noqa: BLE001 - decoder errors come in many types
+            if _decode_with_gdcm(out, kk, slices, h, warnings, uid, exc):
+                continue
             raise MalformedDicomError(
                 f"series {uid}: cannot decode the {_where(slices[kk[0]])} (transfer syntax "
-                f"{h.transfer_syntax_uid}): {exc}"
+                f"{h.transfer_syntax_uid}): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
             ) from exc
         if arr.ndim == 2:
             arr = arr[None]
@@ -263,6 +265,29 @@ def _decode_others(
             if raw.shape != out.shape[1:]:
                 raise MalformedDicomError(f"series {uid}: decoded {_where(s)} has shape {raw.shape}, expected {out.shape[1:]}")
             _place(out[k], raw, s)
+
+
+def _decode_with_gdcm(
+    out: np.ndarray, kk: Sequence[int], slices: Sequence[SliceHeader], h: InstanceHeader, warnings: list[str], uid: str, why: Exception
+) -> bool:
+    """Second decoder for single-frame files pylibjpeg rejects (GDCM via SimpleITK, rescale applied)."""
+    if h.number_of_frames != 1 or len(kk) != 1:
+        return False
+    try:
+        import SimpleITK as sitk
+
+        img = sitk.ReadImage(h.path)
+        arr = sitk.GetArrayFromImage(img).reshape(out.shape[1:])
+    except Exception:  # noqa: BLE001 - GDCM failing too means the file is broken
+        return False
+    if out.dtype == np.int16 and (arr.min() < _INT16[0] or arr.max() > _INT16[1] or not np.all(np.mod(arr, 1) == 0)):
+        raise _Overflow
+    out[kk[0]] = arr
+    warnings.append(
+        f"series {uid}: the {_where(slices[kk[0]])} was decoded by GDCM because pydicom's decoders failed "
+        f"({type(why).__name__})"
+    )
+    return True
 
 
 def load_volume(

@@ -38,6 +38,8 @@ _SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 #: transfer syntaxes whose Pixel Data bytes are native little-endian and can be read in place
 _NATIVE_LE = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
 _PIXEL_TAG = b"\xe0\x7f\x10\x00"
+_PIXEL_TAG_BE = b"\x7f\xe0\x00\x10"
+_DEFLATED = "1.2.840.10008.1.2.1.99"
 
 
 @dataclass
@@ -102,8 +104,8 @@ class InstanceHeader:
     @property
     def truncated(self) -> bool:
         """Pixel Data shorter than its length field, or than Rows x Columns x frames needs."""
-        if self.pixel_value_offset is None or self.pixel_value_length is None:
-            return False
+        if self.pixel_value_offset is None or self.pixel_value_length in (None, 0xFFFFFFFF):
+            return False  # encapsulated (compressed): the decoder reports a short stream
         if self.file_size - self.pixel_value_offset < self.pixel_value_length:
             return True
         return self.native and self.pixel_value_length < self.frame_bytes * self.number_of_frames
@@ -201,9 +203,12 @@ def read_header(path: str | os.PathLike) -> InstanceHeader:
         ts = "1.2.840.10008.1.2" if implicit else ("1.2.840.10008.1.2.1" if little else "1.2.840.10008.1.2.2")
         if meta is not None and "MediaStorageSOPClassUID" in meta:
             notes.append("File Meta Information lacks TransferSyntaxUID; guessed from the encoding")
-    has_pixels = head[:4] == _PIXEL_TAG
+    has_pixels = head[:4] in (_PIXEL_TAG, _PIXEL_TAG_BE)
+    if ts == _DEFLATED:
+        # the file position is inside the deflated stream; whether Pixel Data follows is known on decode
+        has_pixels, little = True, False
     offset = length = None
-    if has_pixels and little:
+    if has_pixels and little and head[:4] == _PIXEL_TAG:
         if implicit:
             length = struct.unpack("<I", head[4:8])[0]
             offset = pos + 8
