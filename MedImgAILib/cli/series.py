@@ -102,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     console = Console()
+    if not console.is_terminal:  # piped or captured: do not squeeze the table into 80 columns
+        console = Console(width=160)
     t = Table(title=f"DICOM series in {args.path}")
     for col in ("series", "mod", "size", "spacing mm", "origin LPS mm", "min / max / mean", "description"):
         t.add_column(col)
