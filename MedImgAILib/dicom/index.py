@@ -34,7 +34,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from ..errors import DicomInputError, MalformedDicomError, NoSeriesFoundError
+from ..errors import DicomInputError, NoSeriesFoundError
 from .metadata import SeriesMetadata, extract_metadata
 
 
@@ -307,24 +307,26 @@ class StudyIndex:
 
     def add_folder(self, path: str | os.PathLike) -> tuple[int, list[tuple[str, str]]]:
         """Index every DICOM file under ``path``; returns (new instances, [(file, why skipped)])."""
-        from .scan import iter_files, read_header
+        import pydicom
+
+        from .scan import iter_files
 
         added = 0
         skipped: list[tuple[str, str]] = []
         batch: list[tuple[str, Any]] = []
         for f in iter_files(path):
             try:
-                h = read_header(f)
-            except (MalformedDicomError, OSError) as exc:
-                skipped.append((f, str(exc).split(": ", 1)[-1]))
+                ds = pydicom.dcmread(f, stop_before_pixels=True)
+            except Exception as exc:  # noqa: BLE001 - any parse failure: not (usable) DICOM
+                skipped.append((f, f"not readable as DICOM ({type(exc).__name__})"))
                 continue
-            if "DirectoryRecordSequence" in h.dataset:
+            if "DirectoryRecordSequence" in ds:
                 skipped.append((f, "DICOMDIR"))
                 continue
-            if not (h.sop_instance_uid and h.series_instance_uid and h.study_instance_uid):
+            if not all(_s(ds, kw) for kw in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID")):
                 skipped.append((f, "missing SOP/Series/Study Instance UID"))
                 continue
-            batch.append((f, h.dataset))
+            batch.append((f, ds))
             if len(batch) >= 200:
                 added += self.add_instances(batch)
                 batch = []

@@ -154,8 +154,8 @@ def load_series(ref: SeriesRef, *, workers: int | None = None) -> Volume:
         raise DicomInputError(f"series {ref.series_instance_uid} is a {ref.non_image_kind}, not an image series")
     _check_instances(ref)
     uid = ref.series_instance_uid
-    ds0 = ref.instances[0].dataset
-    sbs = ds0.get("SpacingBetweenSlices")
+    h0 = ref.instances[0]
+    sbs = h0.get("SpacingBetweenSlices")
     try:
         sbs = float(sbs) if sbs not in (None, "") else None
     except (TypeError, ValueError):
@@ -214,7 +214,7 @@ def load_series(ref: SeriesRef, *, workers: int | None = None) -> Volume:
         affine=geo.affine,
         series_instance_uid=uid,
         study_instance_uid=ref.study_instance_uid,
-        frame_of_reference_uid=str(ds0.get("FrameOfReferenceUID", "") or ""),
+        frame_of_reference_uid=str(h0.get("FrameOfReferenceUID") or ""),
         modality=ref.modality,
         source_sop_instance_uids=[s.sop_instance_uid for s in slices],
         source_frame_numbers=[s.frame_index + 1 for s in slices],
