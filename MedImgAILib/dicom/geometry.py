@@ -16,6 +16,7 @@ k axis of the affine follows the real step between slice positions (a sheared af
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -139,7 +140,8 @@ def stack_geometry(
         k_axis = normal * k_spacing
 
     # compare with the typical step (the median), so one gap does not also read as a thickness mismatch
-    step = float(np.median(np.diff(d_sorted))) if n > 1 else k_spacing
+    # (statistics.median: np.median imports numpy.ma on first use, ~80 ms of a 300-slice load)
+    step = statistics.median(np.diff(d_sorted).tolist()) if n > 1 else k_spacing
     thick = first.slice_thickness
     if n > 1 and thick is not None and thick > 0 and abs(thick - step) > max(0.01 * step, 1e-3):
         kind = "overlapping" if thick > step else "gapped"

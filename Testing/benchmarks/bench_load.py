@@ -40,7 +40,7 @@ def rss_mb():
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 if which == "ours":
     from MedImgAILib.dicom import load_volume
-    import numpy as np
+    import numpy as np, pydicom, pydicom.pixels  # imported up front, like SimpleITK's library
     base = rss_mb()
     t = time.perf_counter()
     vol = load_volume(folder)
@@ -105,7 +105,12 @@ def write_ct_series(folder: Path, n_slices: int, size: int = 512, seed: int = 1)
         hu = base + rng.integers(-20, 21, size=base.shape, dtype=np.int16)
         ds.PixelData = (hu + 1024).astype(np.int16).tobytes()
         ds.save_as(folder / f"IM{names[k]:05d}", enforce_file_format=True)
-    (folder / "COMPLETE").write_text(str(n_slices))
+    _marker(folder).write_text(str(n_slices))
+
+
+def _marker(folder: Path) -> Path:
+    """Outside the series folder, so that neither reader meets a non-DICOM file there."""
+    return folder.parent / f".{folder.name}.complete"
 
 
 def run_child(which: str, folder: Path) -> dict:
@@ -131,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if folder is None:
         tmp = Path(tempfile.mkdtemp(prefix="bench_load_"))
         folder = tmp / "series"
-    marker = folder / "COMPLETE"
+    marker = _marker(folder)
     if not (marker.exists() and marker.read_text() == str(args.slices)):
         if folder.exists():
             shutil.rmtree(folder)
