@@ -12,6 +12,7 @@ pixel spacing, because only such slices can form one regular grid. A split is re
 
 from __future__ import annotations
 
+import logging
 import os
 import struct
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +34,7 @@ NON_IMAGE_SOP_CLASSES: dict[str, str] = {
     "1.2.840.10008.5.1.4.1.1.88.59": "Key Object Selection",
     "1.2.840.10008.1.3.10": "Media Storage Directory (DICOMDIR)",
 }
+log = logging.getLogger(__name__)
 _SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 
 #: transfer syntaxes whose Pixel Data bytes are native little-endian and can be read in place
@@ -550,7 +552,10 @@ def scan_tree(
                 headers.append(r)
         else:
             skipped.append(r)
-    return ScanResult(series=group_series(headers), skipped=skipped)
+    series = group_series(headers)
+    # counts only: paths and UIDs are not PHI, but folder names sometimes are, so they stay out of logs
+    log.info("scanned %d files: %d series (%d image), %d files skipped", len(files), len(series), sum(r.is_image for r in series), len(skipped))
+    return ScanResult(series=series, skipped=skipped)
 
 
 def scan(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> list[SeriesRef]:

@@ -338,3 +338,24 @@ def test_folder_with_two_series_needs_a_choice(tmp_path: Path) -> None:
     with pytest.raises(DicomInputError, match="holds 2 image series"):
         load_volume(tmp_path)
     assert load_volume(tmp_path, series_uid=a.series_uid).series_instance_uid == a.series_uid
+
+
+def test_spacing_between_slices_that_disagrees_is_reported_and_no_phi_in_warnings(tmp_path: Path) -> None:
+    s = write_series(tmp_path / "s", size=(8, 8, 4), slice_thickness=5.0)
+    for f in s.files:
+        ds = pydicom.dcmread(f)
+        ds.SpacingBetweenSlices = 3.0
+        ds.save_as(f)
+    vol = load_volume(s.folder)
+    assert any("SpacingBetweenSlices 3 mm disagrees with the 2.5 mm" in w for w in vol.warnings)
+    assert any("SliceThickness 5 mm differs from the 2.5 mm spacing" in w and "gapped" not in w for w in vol.warnings)
+    text = " ".join(vol.warnings)
+    assert "Synthetic" not in text and "SYNTH-001" not in text  # no patient name or ID in messages
+
+
+def test_load_from_a_list_of_files_in_any_order(tmp_path: Path) -> None:
+    s = write_series(tmp_path / "s", size=(8, 8, 6))
+    files = list(reversed(s.files))
+    vol = load_volume(files)
+    np.testing.assert_array_equal(vol.array, s.values)
+    assert vol.metadata is not None and vol.metadata.series.number_of_instances.value == 6
