@@ -166,6 +166,13 @@ def load_series(ref: SeriesRef, *, workers: int | None = None) -> Volume:
     nk, nj, ni = len(slices), slices[0].rows, slices[0].columns
     out = np.empty((nk, nj, ni), dtype=_output_dtype(ref))
     warnings = list(ref.warnings) + geo.warnings
+    order_note = _instance_number_order(slices)
+    if order_note == "mixed":
+        # a sign of interleaved stacks (several acquisitions sharing one series UID) or edited files
+        warnings.append(
+            f"series {uid}: InstanceNumber does not follow the slice positions (neither increasing nor "
+            "decreasing along the normal); slices were ordered by position"
+        )
 
     def fill_all(out: np.ndarray) -> None:
         native = [k for k, s in enumerate(slices) if by_path[s.path].native]
@@ -225,9 +232,23 @@ def load_series(ref: SeriesRef, *, workers: int | None = None) -> Volume:
             "slice_positions_along_normal_mm": geo.positions_along_normal_mm,
             "series_part": ref.part,
             "series_parts": ref.n_parts,
+            #: "increasing" / "decreasing" along k (GE often writes decreasing), "mixed", or "" if absent
+            "instance_number_order": order_note,
             "source_files": [s.path for s in slices],
         },
     )
+
+
+def _instance_number_order(slices: Sequence[SliceHeader]) -> str:
+    nums = [s.instance_number for s in slices]
+    if len(nums) < 2 or any(n is None for n in nums) or len({s.sop_instance_uid for s in slices}) < len(slices):
+        return ""  # single slice, missing numbers, or frames of one multi-frame object
+    steps = [b - a for a, b in zip(nums, nums[1:])]  # type: ignore[operator]
+    if all(d > 0 for d in steps):
+        return "increasing"
+    if all(d < 0 for d in steps):
+        return "decreasing"
+    return "mixed"
 
 
 def _decode_others(

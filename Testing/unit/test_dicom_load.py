@@ -62,6 +62,7 @@ def test_real_ge_ct_matches_simpleitk_and_reports_thickness(ct3slice_dir: Path) 
     assert vol.modality == "CT"
     # instance numbers run opposite to z: the file order along increasing z is 03, 02, 01
     assert [Path(f).name for f in vol.extra["source_files"]] == ["03.dcm", "02.dcm", "01.dcm"]
+    assert vol.extra["instance_number_order"] == "decreasing"
     by_file = {Path(f).name: pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in vol.extra["source_files"]}
     assert vol.source_sop_instance_uids == [by_file["03.dcm"], by_file["02.dcm"], by_file["01.dcm"]]
     z = [vol.ijk_to_lps([0, 0, k])[2] for k in range(3)]
@@ -359,3 +360,14 @@ def test_load_from_a_list_of_files_in_any_order(tmp_path: Path) -> None:
     vol = load_volume(files)
     np.testing.assert_array_equal(vol.array, s.values)
     assert vol.metadata is not None and vol.metadata.series.number_of_instances.value == 6
+
+
+def test_instance_numbers_out_of_position_order_are_reported(tmp_path: Path) -> None:
+    s = write_series(tmp_path / "s", size=(8, 8, 4), reverse_instance_numbers=False)
+    assert load_volume(s.folder).extra["instance_number_order"] == "increasing"
+    ds = pydicom.dcmread(s.files[0])
+    ds.InstanceNumber = 9
+    ds.save_as(s.files[0])
+    vol = load_volume(s.folder)
+    assert vol.extra["instance_number_order"] == "mixed"
+    assert any("InstanceNumber does not follow the slice positions" in w for w in vol.warnings)
