@@ -15,6 +15,8 @@ from ..errors import MedImgAIError
 #: command modules, in the order their commands appear in ``--help``
 COMMAND_MODULES: list[str] = [
     "rules",
+    "pacs",
+    "listen",
 ]
 
 

@@ -492,6 +492,8 @@ def _run_get(
                     if kw in status and status.get(kw) is not None:
                         setattr(out, attr, int(status.get(kw)))
                 cat = code_to_category(status.Status)
+                if method == "move" and progress.callback:  # C-MOVE progress: the PACS's own count
+                    progress.callback(out.completed, progress.total)
                 if cat == "Pending":
                     if cancel is not None and cancel.is_set() and not cancel_sent:
                         assoc.send_c_cancel(1, query_model=model)
@@ -548,7 +550,8 @@ def retrieve(
     progress = _Progress(len(instances), on_progress)
     if instances:
         classes = sorted({r["sop_class_uid"] for r in instances if r.get("sop_class_uid")})
-        n = parallel or node.parallel
+        # C-MOVE: one request; the PACS opens its own association to the destination.
+        n = 1 if method == "move" else (parallel or node.parallel)
         # Fewer than ~16 instances per association costs more in association set-up than it saves.
         n = max(1, min(n, len(instances) // 16 or 1))
         jobs = []

@@ -185,8 +185,12 @@ class Listener:
             self._monitor.join(timeout=5)
 
     def serve_forever(self) -> None:
-        """Run until SIGTERM or SIGINT, then stop cleanly (call from the main thread)."""
+        """Start, run until SIGTERM or SIGINT, then stop cleanly (call from the main thread)."""
         self.start()
+        self.serve_until_signal()
+
+    def serve_until_signal(self) -> None:
+        """Block until SIGTERM or SIGINT, then :meth:`stop` (main thread only)."""
         stop = threading.Event()
 
         def on_signal(signum: int, _frame: Any) -> None:
@@ -360,3 +364,36 @@ class Listener:
         }
         yield len(recs)
         yield from self._send_instances(event, recs)
+
+
+def move_into(
+    node: Any,
+    settings: Any,
+    study_uid: str,
+    out_dir: str | Path,
+    *,
+    series_uids: list[str] | tuple[str, ...] = (),
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    on_progress: Any = None,
+    cancel: threading.Event | None = None,
+) -> Any:
+    """C-MOVE a study to a temporary listener (our AE title, ``host:port``) writing into ``out_dir``.
+    The PACS must know our AE title at that address. Returns a RetrieveResult whose ``received``
+    counts the instances that reached ``out_dir`` (not what the PACS claims it sent)."""
+    from .client import retrieve
+
+    listen_port = port if port is not None else settings.listener.port
+    cfg = ListenerConfig(aet=settings.local_aet, host=host, port=listen_port, store_dir=Path(out_dir),
+                         quiet_seconds=3600, min_free_mb=settings.listener.min_free_mb, query_retrieve=False)
+    with Listener(cfg) as listener:
+        result = retrieve(node, settings, study_uid, out_dir, series_uids=series_uids, method="move",
+                          move_destination=settings.local_aet, on_progress=on_progress, cancel=cancel)
+    arrived = [r for r in listener.store.records() if r.attrs.get("StudyInstanceUID") == study_uid]
+    if series_uids:
+        arrived = [r for r in arrived if r.attrs.get("SeriesInstanceUID") in set(series_uids)]
+    result.received = len(arrived)
+    result.paths = sorted(r.path for r in arrived)
+    expected = result.expected or result.received
+    result.complete = result.complete and result.received >= expected
+    return result

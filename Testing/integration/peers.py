@@ -215,11 +215,11 @@ class Dcmqrscp:
         cfg.write_text(
             f"NetworkTCPPort = {self.port}\nMaxPDUSize = 131072\nMaxAssociations = 16\n\n"
             f"HostTable BEGIN\n{hosts}\nHostTable END\n\nVendorTable BEGIN\nVendorTable END\n\n"
-            f"AETable BEGIN\n{self.aet} {db} RW (2000, 1024mb) ANY\nAETable END\n"
+            f"AETable BEGIN\n{self.aet} {db} RW (500, 1024mb) ANY\nAETable END\n"
         )
         log = open(self.workdir / "dcmqrscp.log", "ab")
         self.proc = subprocess.Popen(
-            self.ns.cmd("env", "TCP_NODELAY=1", exe, "--single-process", "-c", str(cfg)),
+            self.ns.cmd("env", "TCP_NODELAY=1", exe, "-c", str(cfg)),
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.ns.wait_port(self.port, proc=self.proc)
@@ -237,8 +237,10 @@ class Dcmqrscp:
 
     def load(self, files: list[Path]) -> None:
         """Store files with DCMTK's storescu (independent of the code under test)."""
-        subprocess.run(
-            self.ns.cmd("env", "TCP_NODELAY=1", "storescu", "-aet", "LOADER", "-aec", self.aet,
+        r = subprocess.run(
+            self.ns.cmd("env", "TCP_NODELAY=1", "storescu", "-R", "-aet", "LOADER", "-aec", self.aet,
                         "127.0.0.1", str(self.port), *map(str, files)),
-            check=True, capture_output=True,
+            capture_output=True, text=True,
         )
+        if r.returncode != 0:
+            raise PeerError(f"storescu into dcmqrscp failed: {r.stderr[-500:]}")
