@@ -250,6 +250,16 @@ _COUNTS = {
     "n_instances": ("NumberOfStudyRelatedInstances", "NumberOfSeriesRelatedInstances"),
 }
 _UNIQUE = {"patient": "patient_id", "study": "study_uid", "series": "series_uid", "image": "sop_uid"}
+#: fields that belong to a level's record (a PACS answering a study query per instance leaks the rest)
+_BELOW = {
+    "patient": {"study_uid", "study_date", "study_time", "accession_number", "study_id", "study_description",
+                "referring_physician", "series_uid", "modality", "series_number", "series_description",
+                "series_date", "body_part", "sop_uid", "sop_class_uid", "instance_number"},
+    "study": {"series_uid", "modality", "series_number", "series_description", "series_date", "body_part",
+              "sop_uid", "sop_class_uid", "instance_number"},
+    "series": {"sop_uid", "sop_class_uid", "instance_number"},
+    "image": set(),
+}
 
 
 def build_query(level: str, filters: dict[str, str | None]) -> Dataset:
@@ -301,16 +311,19 @@ def normalize(level: str, rows: Iterable[Dataset]) -> list[dict[str, Any]]:
         key = rec.get(_UNIQUE[level])
         if not key:
             continue
+        sop = rec.get("sop_uid")
+        for name in _BELOW[level]:
+            rec.pop(name, None)
         cur = merged.setdefault(key, {})
         for name, value in rec.items():
             if name.startswith("n_"):
                 cur[name] = max(cur.get(name, 0), value)
             else:
                 cur.setdefault(name, value)
-        if level in ("study", "patient"):
+        if level == "study":
             cur.setdefault("modalities", set()).update(mods)
-        if rec.get("sop_uid"):
-            sops.setdefault(key, set()).add(rec["sop_uid"])
+        if sop:
+            sops.setdefault(key, set()).add(sop)
     out = []
     for key, cur in merged.items():
         if "modalities" in cur:
