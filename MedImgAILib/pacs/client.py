@@ -42,7 +42,7 @@ from .errors import (
     RetrieveCancelledError,
 )
 from .settings import Node, PacsSettings
-from .storage import InstanceStore, UnsafeUidError, header_of
+from .storage import InstanceStore, UnsafeUidError, flush_filesystem, header_of
 
 log = logging.getLogger(__name__)
 
@@ -542,7 +542,6 @@ def retrieve(
     parallel: int | None = None,
     on_progress: ProgressCallback | None = None,
     cancel: threading.Event | None = None,
-    durable: bool = True,
 ) -> RetrieveResult:
     """Retrieve a study (or some of its series) into ``out_dir`` (store layout study/series/sop.dcm).
 
@@ -556,7 +555,9 @@ def retrieve(
         raise PacsOperationError(f"retrieve method {method!r}: use 'get' or 'move'")
     if method == "move" and not move_destination:
         raise PacsOperationError("C-MOVE needs a destination AE title (a listener the PACS knows)")
-    store = InstanceStore(Path(out_dir), durable=durable)
+    # Instances are written with temp name + rename but without a per-file fsync; one filesystem
+    # flush at the end makes the retrieval durable before it is reported (see flush_filesystem).
+    store = InstanceStore(Path(out_dir), durable=False)
     t0 = time.perf_counter()
     instances = _list_instances(node, settings, study_uid, series_uids)
     result = RetrieveResult(study_uid=study_uid, out_dir=store.root, expected=len(instances), method=method)
@@ -595,8 +596,10 @@ def retrieve(
         th.start()
     for th in threads:
         th.join()
-    result.seconds = time.perf_counter() - t0
     result.paths = sorted(progress.paths.values())
+    if result.paths:
+        flush_filesystem(store.root, result.paths)
+    result.seconds = time.perf_counter() - t0
     result.received = len(progress.paths)
     if method == "move":  # the instances went to the destination; the PACS's counts are all we know
         result.received = sum(o.completed for o in outcomes)

@@ -53,6 +53,35 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def flush_filesystem(root: Path, paths: Iterable[Path] = ()) -> None:
+    """Make everything written under ``root`` durable with one call: ``syncfs(2)`` on its filesystem
+    (Linux), else an fsync of each path and its directory. Retrieval writes instances without a
+    per-file fsync (two flushes per instance cost ~14 ms here) and calls this once before it reports
+    the study complete."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if libc.syncfs(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):
+        pass
+    dirs = set()
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        dirs.add(Path(p).parent)
+    for d in dirs:
+        fsync_dir(d)
+
+
 def header_of(encoded: bytes) -> Dataset:
     """The attributes before Pixel Data of Part 10 bytes (file meta included), values left raw until
     read: a fraction of a full decode of a 512x512 image."""
@@ -83,7 +112,7 @@ def write_durably(path: Path, data: bytes, *, durable: bool = True) -> None:
             n = os.write(fd, view)
             view = view[n:]
         if durable:
-            os.fsync(fd)
+            os.fdatasync(fd)  # data and size; the name is made durable by the directory fsync below
     except BaseException:
         os.close(fd)
         tmp.unlink(missing_ok=True)

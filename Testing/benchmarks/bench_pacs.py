@@ -31,8 +31,11 @@ from Testing.integration.peers import NetNs, Orthanc
 from Testing.integration.study_data import ct_series
 
 
+CPU: dict[str, list[float]] = {}  # command name -> CPU seconds (user+sys) per run
+
+
 def _timed(cmd: list[str], ns: NetNs | None = None, env: dict | None = None) -> tuple[float, int, str]:
-    """Wall seconds, peak RSS (kB, /usr/bin/time -v) and stdout of ``cmd``."""
+    """Wall seconds, peak RSS (kB, /usr/bin/time -v) and stdout of ``cmd``; CPU seconds go to CPU."""
     full = ["/usr/bin/time", "-v", *cmd]
     if ns is not None:
         full = ns.cmd(*full)
@@ -42,6 +45,8 @@ def _timed(cmd: list[str], ns: NetNs | None = None, env: dict | None = None) -> 
     if r.returncode != 0:
         raise SystemExit(f"benchmark command failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr[-2000:]}")
     m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr)
+    cpu = sum(float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", r.stderr))
+    CPU.setdefault(Path(cmd[0]).name if "python" not in cmd[0] else "medimgai", []).append(cpu)
     return dt, int(m.group(1)) if m else 0, r.stdout
 
 
@@ -75,6 +80,9 @@ def bench_retrieve(ns: NetNs, orthanc: Orthanc, study_uid: str, n: int, runs: in
                 ref.append(dt), ref_rss.append(rss)
             shutil.rmtree(out, ignore_errors=True)
     fig = _line("retrieve (C-GET from Orthanc)", ours, ref, n, ours_rss, ref_rss, "getscu")
+    c_ours, c_ref = statistics.median(CPU["medimgai"]), statistics.median(CPU["getscu"])
+    print(f"  CPU per image: ours {c_ours / n * 1000:.1f} ms, getscu {c_ref / n * 1000:.1f} ms")
+    fig["cpu_ms_per_image"] = {"ours": c_ours / n * 1000, "getscu": c_ref / n * 1000}
     print(f"  ours, retrieval only (process start excluded): {n / statistics.median(internal):.1f} img/s")
     fig["ours_internal_images_per_s"] = n / statistics.median(internal)
     return fig
