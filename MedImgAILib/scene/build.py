@@ -3,7 +3,7 @@ and the DICOM algorithm tags Slicer's SEG export reads), long/short axis lines, 
 under the study in the subject hierarchy.
 
 The label map given here is an *instance* map on the source grid: finding ``f`` occupies the voxels equal
-to ``f.label_value``. The AI's own version is kept in the scene (a hidden label-map node and the result
+to ``f.instance_value``. The AI's own version is kept in the scene (a hidden label-map node and the result
 JSON as a node attribute) so that corrections can be measured against it after a save and reload.
 """
 
@@ -186,7 +186,7 @@ def build_result_nodes(
     segmentation = seg.GetSegmentation()
     segment_ids: dict[str, str] = {}
     for f in result.findings:
-        mask = (instance_labels == f.label_value).astype(np.uint8)
+        mask = (instance_labels == f.instance_value).astype(np.uint8)
         if not mask.any():
             continue
         tmp = _add_volume_node(ctx, volume.with_array(mask), "tmp", "vtkMRMLLabelMapVolumeNode")

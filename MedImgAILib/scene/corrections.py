@@ -147,7 +147,7 @@ def read_corrections(
             rec.what_changed.append("segment deleted" if sid is None else ("marked rejected" if status == "rejected" else "long axis line deleted"))
             records.append(rec)
             continue
-        ai_mask = ai_labels == f.label_value
+        ai_mask = ai_labels == f.instance_value
         mask = _segment_mask(ctx, seg_node, sid, reference)
         new = f.model_copy(deep=True)
         if not np.array_equal(mask, ai_mask):

@@ -38,7 +38,7 @@ def small_ct() -> tuple[Volume, np.ndarray, AnalysisResult]:
         labels[inside] = value
         c = vol.ijk_to_lps([ci, cj, ck])
         findings.append(Finding(
-            id=fid, label="nodule", label_value=value, type="solid", center_lps_mm=list(c),
+            id=fid, label="nodule", instance_value=value, type="solid", center_lps_mm=list(c),
             volume_mm3=float(inside.sum()) * vol.voxel_volume_mm3, long_axis_mm=2 * r, short_axis_mm=2 * r,
             mean_diameter_mm=2 * r, slice_index=ck,
             long_axis_lps_mm=[list(c - [r, 0, 0]), list(c + [r, 0, 0])],
