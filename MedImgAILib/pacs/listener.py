@@ -217,15 +217,30 @@ class Listener:
         """Index every instance already in the store (an acknowledged instance whose index write was
         cut short by a crash is indexed now) and re-arm studies never reported complete."""
         n = 0
+        batch: list[tuple[Path, Dataset]] = []
         for rec, ds in self.store.scan():
-            if self.index is not None:
-                self.index.add_instance(rec.path, ds)
+            batch.append((rec.path, ds))
+            if len(batch) >= 500:
+                self._index_batch(batch)
             study = rec.attrs.get("StudyInstanceUID", "")
             if study and not (self.store.root / study / COMPLETE_MARKER).exists():
                 self._last_seen[study] = time.monotonic()
             n += 1
+        self._index_batch(batch)
         if n:
             log.info("listener: %d instances already in the store, %d studies pending", n, len(self._last_seen))
+
+    def _index_batch(self, batch: list[tuple[Path, Dataset]]) -> None:
+        """Index re-scanned instances (one transaction per batch where the index offers it); the
+        index ignores instances it already has."""
+        if self.index is not None and batch:
+            add_many = getattr(self.index, "add_instances", None)
+            if add_many is not None:
+                add_many(batch)
+            else:
+                for path, ds in batch:
+                    self.index.add_instance(path, ds)
+        batch.clear()
 
     # -- storage --------------------------------------------------------------------------------
     def _on_rejected(self, event: evt.Event) -> None:

@@ -16,6 +16,7 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+from MedImgAILib.dicom.index import StudyIndex
 from MedImgAILib.pacs import client
 from MedImgAILib.pacs.errors import AssociationRejectedError
 from MedImgAILib.pacs.listener import Listener, ListenerConfig
@@ -41,14 +42,8 @@ class Completed:
         self.event.set()
 
 
-class RecordingIndex:
-    """Stands in for MedImgAILib.dicom.index.StudyIndex until it lands (same add_instance signature)."""
-
-    def __init__(self) -> None:
-        self.rows: dict[str, Path] = {}
-
-    def add_instance(self, path: Path, ds) -> None:
-        self.rows[str(ds.SOPInstanceUID)] = Path(path)
+def _indexed_sops(index: StudyIndex, study_uid: str) -> set[str]:
+    return {i.sop_instance_uid for se in index.series(study_uid) for i in index.instances(se.series_instance_uid)}
 
 
 def _listener(tmp_path: Path, **kw) -> Listener:
@@ -64,7 +59,7 @@ def storescu(port: int, files, *, aet: str = "STORESCU", called: str = "LISTENER
 
 
 def test_storescu_study_is_stored_indexed_and_reported_complete_once(study, tmp_path):
-    done, index = Completed(), RecordingIndex()
+    done, index = Completed(), StudyIndex(tmp_path / "index.db")
     with Listener(_listener(tmp_path), index=index, on_study_complete=done) as lst:
         r = storescu(lst.port, study["files"])
         assert r.returncode == 0, r.stderr
@@ -73,7 +68,11 @@ def test_storescu_study_is_stored_indexed_and_reported_complete_once(study, tmp_
     assert len(done.calls) == 1
     study_uid, paths = done.calls[0]
     assert study_uid == study["study_uid"] and len(paths) == 14
-    assert _sops(paths) == _sops(study["files"]) == set(index.rows)
+    assert _sops(paths) == _sops(study["files"]) == _indexed_sops(index, study["study_uid"])
+    assert {p.path for se in index.series(study["study_uid"]) for p in index.instances(se.series_instance_uid)} == {
+        str(p) for p in paths}
+    st = index.studies()
+    assert len(st) == 1 and st[0].number_of_instances == 14 and set(st[0].modalities) == {"CT", "SEG", "SR"}
     for p in paths:  # store layout: <store>/<study>/<series>/<sop>.dcm
         ds = pydicom.dcmread(p, stop_before_pixels=True)
         assert p.relative_to(tmp_path / "store").parts == (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID + ".dcm")
@@ -223,7 +222,7 @@ def test_tls_listener(study, tmp_path):
 def _start_listener_process(store: Path, quiet: float = 2.0) -> tuple[subprocess.Popen, int]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "MedImgAILib", "listen", "--aet", "LISTENER", "--port", "0", "--store", str(store),
-         "--quiet-seconds", str(quiet), "--min-free-mb", "1"],
+         "--quiet-seconds", str(quiet), "--min-free-mb", "1", "--index", str(store.parent / "index.db")],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     line = proc.stdout.readline()
@@ -267,12 +266,15 @@ def test_listener_killed_mid_study_keeps_every_acknowledged_instance(study, tmp_
         assert sop in on_disk
         assert pydicom.dcmread(on_disk[sop]).PixelData == pydicom.dcmread(f).PixelData
     # restart: the store is re-scanned (half-written temporaries dropped), everything acknowledged is
-    # queryable, and the never-reported study is reported complete
+    # indexed and queryable, and the never-reported study is reported complete
     proc, port = _start_listener_process(store, quiet=1.0)
+    study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    acked_sops = _sops(acked)
+    assert acked_sops <= _indexed_sops(StudyIndex(tmp_path / "index.db"), study_uid)
     try:
         s = PacsSettings()
         images = client.find(s.node(f"LISTENER@127.0.0.1:{port}"), s, "image", patient_id="KILL01")
-        assert _sops(acked) <= {r["sop_uid"] for r in images}
+        assert acked_sops <= {r["sop_uid"] for r in images}
         line = proc.stdout.readline()
         ev = json.loads(line)
         assert ev["event"] == "study-complete" and ev["instances"] >= len(acked)
