@@ -40,7 +40,6 @@ from .errors import (
     PacsConnectionError,
     PacsOperationError,
     PacsTimeoutError,
-    RetrieveCancelledError,
 )
 from .settings import Node, PacsSettings
 from .storage import InstanceStore, UnsafeUidError, flush_filesystem, header_of
@@ -523,10 +522,10 @@ def _run_get(
             for status, _ in responses:
                 now = time.monotonic()
                 if "Status" not in status:
+                    # pynetdicom yields an empty status both when the DIMSE timeout expired (it then
+                    # aborts) and when the peer aborted or closed: the silence before tells them apart.
                     timeout = settings.timeouts.dimse
-                    if timeout is not None and now - last >= timeout * 0.9 and assoc.is_aborted is False:
-                        out.error = f"{node}: no DIMSE response within {timeout:g} s; association aborted"
-                    elif timeout is not None and now - last >= timeout * 0.9:
+                    if timeout is not None and now - last >= timeout * 0.9:
                         out.error = f"{node}: no DIMSE response within {timeout:g} s; association aborted"
                     else:
                         out.error = f"{node} aborted the association during C-{method.upper()}"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import CancelledError, PacsError
+from ..errors import PacsError
 
 __all__ = [
     "PacsError",
@@ -11,7 +11,6 @@ __all__ = [
     "AssociationRejectedError",
     "PacsTimeoutError",
     "PacsOperationError",
-    "RetrieveCancelledError",
     "UnsafeUidError",
 ]
 
@@ -38,10 +37,6 @@ class PacsOperationError(PacsError):
     """The peer answered with a failure status, or the operation ended incomplete."""
 
     kind = "pacs-operation"
-
-
-class RetrieveCancelledError(CancelledError, PacsError):
-    kind = "cancelled"
 
 
 class UnsafeUidError(PacsError):

@@ -282,10 +282,12 @@ class Listener:
             self.refused += 1
             log.warning("listener: instance from %s refused: %s", calling, exc)
             return STATUS_CANNOT_UNDERSTAND
-        except OSError as exc:
+        except OSError as exc:  # disk full, quota, I/O error: all "out of resources" to the sender (0xA7xx)
             self.refused += 1
-            log.error("listener: cannot write instance from %s: %s", calling, exc.strerror or exc)
-            return STATUS_OUT_OF_RESOURCES if exc.errno in (errno.ENOSPC, errno.EDQUOT) else STATUS_OUT_OF_RESOURCES
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            log.error("listener: cannot write instance from %s: %s%s", calling, exc.strerror or exc,
+                      " (disk full)" if full else "")
+            return STATUS_OUT_OF_RESOURCES
         if self.index is not None:
             try:
                 self.index.add_instance(rec.path, ds)
@@ -363,8 +365,7 @@ class Listener:
         yield from self._send_instances(event, recs)
 
     def _on_move(self, event: evt.Event) -> Iterator[Any]:
-        dest = self.config.move_destinations.get(event.move_destination.strip() if isinstance(
-            event.move_destination, str) else event.move_destination.decode().strip())
+        dest = self.config.move_destinations.get(str(event.move_destination or "").strip())
         if dest is None:
             log.warning("listener: C-MOVE to unknown destination refused")
             yield None, None

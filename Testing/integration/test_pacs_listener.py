@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
 
 from MedImgAILib.dicom.index import StudyIndex
 from MedImgAILib.pacs import client

@@ -12,7 +12,7 @@ from pydicom.dataset import Dataset
 from MedImgAILib.pacs.client import build_query, normalize
 from MedImgAILib.pacs.errors import PacsOperationError, PacsSettingsError, UnsafeUidError
 from MedImgAILib.pacs.qr import find_answers, select_instances
-from MedImgAILib.pacs.settings import PacsSettings, load_settings
+from MedImgAILib.pacs.settings import load_settings
 from MedImgAILib.pacs.storage import TMP_PREFIX, InstanceStore, header_of, is_valid_uid
 from Testing.conftest import REPO
 
