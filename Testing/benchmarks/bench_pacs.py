@@ -53,8 +53,12 @@ def _timed(cmd: list[str], ns: NetNs | None = None, env: dict | None = None) -> 
 def _line(name: str, ours: list[float], ref: list[float], n: int, ours_rss: list[int], ref_rss: list[int], ref_name: str) -> dict:
     o, r = statistics.median(ours), statistics.median(ref)
     ratio = (n / o) / (n / r)
-    print(f"{name}: ours {n / o:7.1f} img/s ({o:.2f} s, peak {max(ours_rss) / 1024:.0f} MB)  "
-          f"{ref_name} {n / r:7.1f} img/s ({r:.2f} s, peak {max(ref_rss) / 1024:.0f} MB)  ratio {ratio:.2f}")
+
+    def peak(rss: list[int]) -> str:
+        return f", peak {max(rss) / 1024:.0f} MB" if max(rss) > 1 else ""
+
+    print(f"{name}: ours {n / o:7.1f} img/s ({o:.2f} s{peak(ours_rss)})  "
+          f"{ref_name} {n / r:7.1f} img/s ({r:.2f} s{peak(ref_rss)})  ratio {ratio:.2f}")
     return {"figure": name, "ours_images_per_s": n / o, "reference_images_per_s": n / r, "ratio": ratio,
             "ours_runs_s": ours, "reference_runs_s": ref}
 
@@ -129,7 +133,28 @@ def bench_ingest(ns: NetNs, files: list[Path], runs: int, work: Path, fsync: boo
                 ref_rss.append(0)
                 assert len(list(store.iterdir())) == n
             shutil.rmtree(store, ignore_errors=True)
-    return _line("ingest (storescu -> listener)", ours, ref, n, [1], [1], "storescp")
+    fig = _line("ingest (storescu -> listener)", ours, ref, n, [1], [1], "storescp")
+    fig["durable_write_ms"] = _durable_write_cost(files[0], work)
+    print(f"  durable write per instance on this disk (write + fdatasync + rename + fsync dir): "
+          f"{fig['durable_write_ms']['durable']:.1f} ms vs {fig['durable_write_ms']['plain']:.1f} ms without the flushes")
+    return fig
+
+
+def _durable_write_cost(sample: Path, work: Path, n: int = 50) -> dict[str, float]:
+    """What the listener's promise (on disk before success) costs per instance here."""
+    from MedImgAILib.pacs.storage import write_durably
+
+    data = sample.read_bytes()
+    d = work / "fsync-probe"
+    d.mkdir(exist_ok=True)
+    out = {}
+    for name, durable in (("plain", False), ("durable", True), ("plain", False), ("durable", True)):
+        t0 = time.perf_counter()
+        for i in range(n):
+            write_durably(d / f"{i}.dcm", data, durable=durable)
+        out.setdefault(name, []).append((time.perf_counter() - t0) / n * 1000)
+    shutil.rmtree(d)
+    return {k: statistics.median(v) for k, v in out.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
