@@ -59,11 +59,12 @@ def storescu(port: int, files, *, aet: str = "STORESCU", called: str = "LISTENER
 
 def test_storescu_study_is_stored_indexed_and_reported_complete_once(study, tmp_path):
     done, index = Completed(), StudyIndex(tmp_path / "index.db")
-    with Listener(_listener(tmp_path), index=index, on_study_complete=done) as lst:
+    # quiet period 2 s: longer than any gap between two instances of one storescu run, even loaded
+    with Listener(_listener(tmp_path, quiet_seconds=2.0), index=index, on_study_complete=done) as lst:
         r = storescu(lst.port, study["files"])
         assert r.returncode == 0, r.stderr
-        assert done.event.wait(10)
-        time.sleep(1.5)  # a second quiet period: no second report without new instances
+        assert done.event.wait(20)
+        time.sleep(2.5)  # a second quiet period: no second report without new instances
     assert len(done.calls) == 1
     study_uid, paths = done.calls[0]
     assert study_uid == study["study_uid"] and len(paths) == 14
@@ -81,10 +82,10 @@ def test_storescu_study_is_stored_indexed_and_reported_complete_once(study, tmp_
 
 def test_duplicate_instances_are_idempotent(study, tmp_path):
     done = Completed()
-    with Listener(_listener(tmp_path), on_study_complete=done) as lst:
+    with Listener(_listener(tmp_path, quiet_seconds=4.0), on_study_complete=done) as lst:
         assert storescu(lst.port, study["files"][:4]).returncode == 0
         assert storescu(lst.port, study["files"][:4]).returncode == 0  # same instances again: success
-        assert done.event.wait(10)
+        assert done.event.wait(20)
     assert len(list((tmp_path / "store").glob("*/*/*.dcm"))) == 4
     assert len(done.calls) == 1 and len(done.calls[0][1]) == 4
 
