@@ -176,6 +176,7 @@ def test_query_retrieve_with_dcmtk_findscu_getscu_and_our_client(study, tmp_path
         st = client.find(node, s, "study", patient_name="JAN*")
         assert len(st) == 1 and st[0]["modalities"] == ["CT", "SEG", "SR"] and st[0]["n_instances"] == 14
         assert len(client.find(node, s, "series", study_uid=study["study_uid"])) == 5
+        assert [p["patient_id"] for p in client.find(node, s, "patient", patient_id="99000")] == ["99000"]
         assert client.find(node, s, "study", study_date="20100101-") == []
         res = client.retrieve(node, s, study["study_uid"], tmp_path / "ours")
         assert res.complete and res.received == 14

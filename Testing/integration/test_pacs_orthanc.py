@@ -41,6 +41,8 @@ def test_find_study_series_image_levels_normalized(orthanc, study, in_ns):
     assert {r["modality"] for r in series} == {"CT", "SEG", "SR"}
     seg = [r for r in series if r["modality"] == "SEG"]
     assert seg[0]["series_description"] == "Liver Segmentation"
+    patients = client.find(node, s, "patient", patient_id="99000")
+    assert [(p["patient_id"], p.get("n_studies")) for p in patients] == [("99000", 1)]
     images = client.find(node, s, "image", study_uid=study["study_uid"])
     assert len(images) == 14 and _sops(study["files"]) == {r["sop_uid"] for r in images}
     # filters: a date range, a wildcard description, modality, and a miss
