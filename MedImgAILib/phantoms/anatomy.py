@@ -261,7 +261,7 @@ class Anatomy:
 
 
 # --- building --------------------------------------------------------------------------------------
-def build_anatomy(seed: int, vary: bool = True, table: bool = True, vessel_points: int = 650) -> Anatomy:
+def build_anatomy(seed: int, vary: bool = True, table: bool = True, vessel_points: int = 900) -> Anatomy:
     rng = np.random.default_rng([int(seed), 101])
     if vary:
         sx, sy, sz = (float(v) for v in rng.uniform([0.9, 0.9, 0.92], [1.1, 1.1, 1.08]))
@@ -401,7 +401,7 @@ def _sample_in_lung(lung: Lung, n: int, rng: np.random.Generator, margin: float)
 
 
 def _grow_tree(root: np.ndarray, pts: np.ndarray, r0: float, rng: np.random.Generator,
-               r_min: float = 0.55) -> list[tuple]:
+               r_min: float = 0.6) -> list[tuple]:
     """Space-filling vessel tree by recursive territory bisection: each branch heads part-way to the
     centroid of the lung territory it supplies, then splits that territory in two across its longest
     axis. Radii follow Murray's law (r^3 proportional to the supplied territory), so the tree tapers
@@ -421,8 +421,9 @@ def _grow_tree(root: np.ndarray, pts: np.ndarray, r0: float, rng: np.random.Gene
         end = start + f * (c - start)
         if np.linalg.norm(end - start) < 2.0:
             end = start + (c - start) * min(1.0, 2.0 / max(np.linalg.norm(c - start), 1e-6))
-        r_end = 0.93 * r
-        segs.append((start, end, r, r_end))
+        # a slight taper along the branch; children are sized from the parent's flow (Murray), not
+        # from its tapered end, so the taper does not compound over generations
+        segs.append((start, end, r, 0.95 * r))
         q = p - c
         w, v = np.linalg.eigh(q.T @ q)
         axis = v[:, -1]
@@ -431,5 +432,5 @@ def _grow_tree(root: np.ndarray, pts: np.ndarray, r0: float, rng: np.random.Gene
         if min(len(parts[0]), len(parts[1])) == 0:
             parts = [p[: len(p) // 2], p[len(p) // 2:]]
         for part in parts:
-            stack.append((end, part, r_end * (len(part) / len(p)) ** (1.0 / 3.0)))
+            stack.append((end, part, r * (len(part) / len(p)) ** (1.0 / 3.0)))
     return segs

@@ -81,7 +81,7 @@ def build_truth(spec: PhantomSpec, anatomy: Anatomy, nodules: list[Nodule], grid
             "convolution_kernel_header": a.convolution_kernel,
             "blur_sigma_mm_used": a.blur_sigma,
             "edge_enhancement_used": a.edge_gain,
-            "noise_correlation_mm_used": a.noise_corr,
+            "noise_texture": "through kernel" if a.noise_corr is None else f"gaussian {a.noise_corr} mm",
         },
         #: the SD (HU) of the added noise: what a homogeneous region's SD should measure
         "noise_sd_hu": a.noise_sd,

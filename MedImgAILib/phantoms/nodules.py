@@ -250,6 +250,9 @@ def _random_center(spec, anatomy, placed, big_vessels, r_bound, rng):
                 continue
             n = _normal(lung, p)
             c = p - n * (0.3 * spec.diameter_mm + d)  # surface point p - n*d, then inward
+            # the distance is first-order only: near the apex or a recess the step can miss
+            if not float(lung.sdf(*c)) < -0.15 * spec.diameter_mm:
+                continue
         else:
             if d > -(r_bound + 2.0):
                 continue

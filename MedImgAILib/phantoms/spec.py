@@ -114,7 +114,8 @@ class AcquisitionSpec(BaseModel):
     edge_enhancement: Optional[float] = Field(None, ge=0.0, le=3.0)
     #: noise SD in HU in a homogeneous region; None = derived from dose, kVp, thickness and kernel
     noise_sd_hu: Optional[float] = Field(None, ge=0.0, le=500.0)
-    #: in-plane noise correlation length (Gaussian sigma, mm); None = kernel default; 0 = white
+    #: None = noise passes through the reconstruction kernel (texture follows the kernel); a number =
+    #: white noise smoothed by a Gaussian of this sigma (mm), independent of the kernel; 0 = white
     noise_correlation_mm: Optional[float] = Field(None, ge=0.0, le=5.0)
     kvp: float = Field(120.0, ge=60.0, le=150.0)
     tube_current_ma: float = Field(200.0, gt=0.0, le=1500.0)
@@ -169,10 +170,8 @@ class AcquisitionSpec(BaseModel):
         return {"soft": 0.0, "standard": 0.15, "sharp": 0.6}[self.kernel]
 
     @property
-    def noise_corr(self) -> float:
-        if self.noise_correlation_mm is not None:
-            return float(self.noise_correlation_mm)
-        return {"soft": 0.7, "standard": 0.5, "sharp": 0.25}[self.kernel]
+    def noise_corr(self) -> float | None:
+        return None if self.noise_correlation_mm is None else float(self.noise_correlation_mm)
 
     @property
     def noise_sd(self) -> float:
