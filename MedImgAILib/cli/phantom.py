@@ -73,6 +73,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--anatomy-seed", type=int, help="patient seed (default = --seed)")
     p.add_argument("--labels", action="store_true", help="also write nodule_labels.nii.gz (nodule ids)")
+    p.add_argument("--header", action="append", default=[], metavar="KEYWORD=VALUE",
+                   help="override a header attribute (e.g. CTDIvol=9.5, ConvolutionKernel=B80f); repeatable")
+    p.add_argument("--omit", action="append", default=[], metavar="KEYWORD",
+                   help="leave a header attribute out (e.g. CTDIvol), as a scanner that does not send it; repeatable")
     p.add_argument("--deterministic-uids", action="store_true", help="UIDs derived from the seeds")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=handle)
@@ -103,7 +107,19 @@ def _spec_from_args(args: argparse.Namespace):
         v = getattr(args, arg)
         if v is not None:
             study[field] = v
-    top: dict[str, Any] = {"seed": args.seed, "deterministic_uids": args.deterministic_uids}
+    overrides: dict[str, Any] = {}
+    for item in args.header:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise PhantomSpecError(f"--header {item!r}: expected KEYWORD=VALUE")
+        try:
+            overrides[key.strip()] = float(value) if "." in value or "e" in value.lower() else int(value)
+        except ValueError:
+            overrides[key.strip()] = value
+    for key in args.omit:
+        overrides[key.strip()] = None
+    top: dict[str, Any] = {"seed": args.seed, "deterministic_uids": args.deterministic_uids,
+                           "header_overrides": overrides}
     if args.anatomy_seed is not None:
         top["anatomy_seed"] = args.anatomy_seed
     if args.nodule:
@@ -120,7 +136,7 @@ def _spec_from_args(args: argparse.Namespace):
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first["loc"])
-        raise PhantomSpecError(f"invalid phantom parameter {where}: {first['msg']}") from None
+        raise PhantomSpecError(f"invalid phantom parameter{' ' + where if where else ''}: {first['msg']}") from None
 
 
 def handle(args: argparse.Namespace) -> int:
@@ -158,9 +174,11 @@ def handle(args: argparse.Namespace) -> int:
     nx, ny, nz = summary["size"]
     sx, sy, sz = summary["spacing"]
     print(f"series {summary['series_instance_uid']}  ({summary['series_description']})")
+    ctdi = summary["ctdi_vol_mgy"]
     print(f"  {nx}x{ny}x{nz} voxels, {sx:.3f}x{sy:.3f} mm pixels, {sz:g} mm interval, "
           f"{summary['slice_thickness_mm']:g} mm slices, kernel {summary['convolution_kernel']}, "
-          f"noise SD {summary['noise_sd_hu']:.1f} HU, CTDIvol {summary['ctdi_vol_mgy']:.2f} mGy")
+          f"noise SD {summary['noise_sd_hu']:.1f} HU, CTDIvol "
+          + ("(omitted)" if ctdi is None else f"{float(ctdi):.2f} mGy"))
     print(f"  {summary['files']} files in {summary['out_dir']} ({summary['seconds']:.1f} s); truth: {summary['truth']}")
     for n in summary["nodules"]:
         c = ", ".join(f"{v:.1f}" for v in n["center_lps_mm"])

@@ -11,6 +11,7 @@ norm): exact on the surface, good within a few mm of it, which is all partial-vo
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -214,18 +215,19 @@ class CapsuleSet:
 
     def pieces(self, max_len: float = 3.0) -> "CapsuleSet":
         """Long capsules cut into short ones so that each one's bounding box is tight."""
-        out_a, out_b, out_ra, out_rb = [], [], [], []
-        for a, b, ra, rb in zip(self.a, self.b, self.ra, self.rb):
-            L = float(np.linalg.norm(b - a))
-            n = max(1, int(np.ceil(L / max(max_len, 2.0 * max(ra, rb)))))
-            t = np.linspace(0.0, 1.0, n + 1)
-            pts = a[None, :] + t[:, None] * (b - a)[None, :]
-            rr = ra + (rb - ra) * t
-            out_a.append(pts[:-1]); out_b.append(pts[1:]); out_ra.append(rr[:-1]); out_rb.append(rr[1:])
-        if not out_a:
+        if len(self) == 0:
             return self
-        return CapsuleSet(self.name, self.material, np.concatenate(out_a), np.concatenate(out_b),
-                          np.concatenate(out_ra), np.concatenate(out_rb))
+        L = np.linalg.norm(self.b - self.a, axis=1)
+        n = np.maximum(1, np.ceil(L / np.maximum(max_len, 2.0 * np.maximum(self.ra, self.rb)))).astype(int)
+        seg = np.repeat(np.arange(len(L)), n)
+        first = np.repeat(np.cumsum(n) - n, n)
+        q = np.arange(len(seg)) - first  # piece index within its capsule
+        t0 = (q / n[seg])[:, None]
+        t1 = ((q + 1) / n[seg])[:, None]
+        d = self.b[seg] - self.a[seg]
+        dr = (self.rb - self.ra)[seg]
+        return CapsuleSet(self.name, self.material, self.a[seg] + t0 * d, self.a[seg] + t1 * d,
+                          self.ra[seg] + dr * t0[:, 0], self.ra[seg] + dr * t1[:, 0])
 
     def min_distance(self, p: np.ndarray) -> np.ndarray:
         """Signed distance from point p (3,) to each capsule surface."""

@@ -141,6 +141,12 @@ def base_dataset(spec: PhantomSpec, uids: SeriesUIDs, rows: int, cols: int, pixe
     ds.RescaleIntercept = f"{INTERCEPT:g}"
     ds.RescaleSlope = "1"
     ds.RescaleType = "HU"
+    for keyword, value in spec.header_overrides.items():
+        if value is None:
+            if keyword in ds:
+                delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
     return ds
 
 

@@ -77,8 +77,8 @@ def build_truth(spec: PhantomSpec, anatomy: Anatomy, nodules: list[Nodule], grid
         "acquisition": {
             **a.model_dump(),
             "effective_mas": a.effective_mas,
-            "ctdi_vol_mgy_header": a.ctdi_vol,
-            "convolution_kernel_header": a.convolution_kernel,
+            "ctdi_vol_mgy_header": spec.header_overrides.get("CTDIvol", a.ctdi_vol),
+            "convolution_kernel_header": spec.header_overrides.get("ConvolutionKernel", a.convolution_kernel),
             "blur_sigma_mm_used": a.blur_sigma,
             "edge_enhancement_used": a.edge_gain,
             "noise_texture": "through kernel" if a.noise_corr is None else f"gaussian {a.noise_corr} mm",

@@ -70,17 +70,28 @@ class Nodule:
         return (r2 <= self.core_radius**2) & self.inside(x, y, z)
 
     # --- truth ---------------------------------------------------------------------------------------
-    def truth(self, fine_steps: int = 160) -> dict:
-        exact = not self.lobules and not self.spec.juxtapleural
-        vol_exact = 4.0 / 3.0 * np.pi * float(np.prod(self.semi_axes))
-        grid = self._fine_measures(fine_steps)
-        volume = vol_exact if exact else grid["volume_mm3"]
-        core_vol = None
-        if self.type == "part_solid":
-            core_vol = grid["core_volume_mm3"] if not exact or self.core_radius > self.semi_axes.min() else (
-                4.0 / 3.0 * np.pi * self.core_radius**3
-            )
+    @property
+    def exact(self) -> bool:
+        """Sphere or ellipsoid entirely in the lung: volume and axes have closed forms."""
+        return not self.lobules and not self.spec.juxtapleural
+
+    def truth(self, fine_steps: int = 128) -> dict:
+        if self.exact:
+            volume = 4.0 / 3.0 * np.pi * float(np.prod(self.semi_axes))
+            # the largest axial section of an ellipsoid is the central one; its semi-axes come from
+            # the in-plane block of the quadric matrix
+            A = self.rotation @ np.diag(1.0 / self.semi_axes**2) @ self.rotation.T
+            lam = np.linalg.eigvalsh(A[:2, :2])
+            long_ax, short_ax, plane_z = 2.0 / np.sqrt(lam[0]), 2.0 / np.sqrt(lam[1]), float(self.center[2])
+            method = "analytic"
+            core_vol = 4.0 / 3.0 * np.pi * min(self.core_radius, float(self.semi_axes.min())) ** 3
+        else:
+            grid = self._fine_measures(fine_steps)
+            volume, long_ax, short_ax, plane_z = grid["volume_mm3"], grid["long_axis_mm"], grid["short_axis_mm"], grid["plane_z_mm"]
+            method = f"grid {fine_steps}^3"
+            core_vol = grid["core_volume_mm3"]
         c = self.center
+        part = self.type == "part_solid"
         return {
             "id": self.index,
             "label_value": self.index,
@@ -92,16 +103,16 @@ class Nodule:
             "axes_direction_lps": [[float(v) for v in self.rotation[:, i]] for i in range(3)],
             "lobules": [{"center_lps_mm": [float(v) for v in lc], "radius_mm": float(lr)} for lc, lr in self.lobules],
             "volume_mm3": float(volume),
-            "volume_method": "analytic" if exact else f"grid {fine_steps}^3",
+            "volume_method": method,
             "equivalent_diameter_mm": float((6.0 * volume / np.pi) ** (1.0 / 3.0)),
-            "axial_long_axis_mm": grid["long_axis_mm"],
-            "axial_short_axis_mm": grid["short_axis_mm"],
-            "axial_mean_diameter_mm": (grid["long_axis_mm"] + grid["short_axis_mm"]) / 2.0,
-            "axial_plane_z_mm": grid["plane_z_mm"],
-            "solid_core_diameter_mm": 2.0 * self.core_radius if self.type == "part_solid" else None,
-            "solid_core_volume_mm3": None if core_vol is None else float(core_vol),
+            "axial_long_axis_mm": float(long_ax),
+            "axial_short_axis_mm": float(short_ax),
+            "axial_mean_diameter_mm": float(long_ax + short_ax) / 2.0,
+            "axial_plane_z_mm": float(plane_z),
+            "solid_core_diameter_mm": 2.0 * self.core_radius if part else None,
+            "solid_core_volume_mm3": float(core_vol) if part else None,
             "hu": float(self.hu),
-            "core_hu": float(self.core_hu) if self.type == "part_solid" else None,
+            "core_hu": float(self.core_hu) if part else None,
             "juxtapleural": bool(self.spec.juxtapleural),
             "side": self.lung.side,
             "lobe": self.lung.lobe(c),
@@ -109,33 +120,36 @@ class Nodule:
 
     def _fine_measures(self, n: int) -> dict:
         """Volume on an n^3 grid over the bounding box, and the axial long/short axes measured on the
-        axial plane of largest area (as a reader would pick it)."""
+        axial plane of largest area (as a reader would pick it), on a finer 2D grid."""
         R = self.bounding_radius + 0.5
         h = 2 * R / n
         ax = (np.arange(n) + 0.5) * h - R
         x = self.center[0] + ax
         y = self.center[1] + ax
         z = self.center[2] + ax
-        count = 0
+        areas = np.zeros(n)
         core = 0
-        best = (-1, 0)
-        for kz in range(n):
-            m = self.inside(x[None, :], y[:, None], z[kz])
-            s = int(m.sum())
-            count += s
+        step = 16
+        for z0 in range(0, n, step):
+            zz = z[z0:z0 + step, None, None]
+            areas[z0:z0 + step] = self.inside(x[None, None, :], y[None, :, None], zz).sum(axis=(1, 2))
             if self.type == "part_solid":
-                core += int(self.inside_core(x[None, :], y[:, None], z[kz]).sum())
-            if s > best[0]:
-                best = (s, kz)
-        m = self.inside(x[None, :], y[:, None], z[best[1]])
-        long_ax, short_ax = _axial_axes(m, x, y, h)
-        return {"volume_mm3": count * h**3, "core_volume_mm3": core * h**3, "long_axis_mm": long_ax,
-                "short_axis_mm": short_ax, "plane_z_mm": float(z[best[1]])}
+                core += int(self.inside_core(x[None, None, :], y[None, :, None], zz).sum())
+        best = int(np.argmax(areas))
+        m2 = 3 * n
+        h2 = 2 * R / m2
+        ax2 = (np.arange(m2) + 0.5) * h2 - R
+        m = self.inside(self.center[0] + ax2[None, :], self.center[1] + ax2[:, None], z[best])
+        long_ax, short_ax = _axial_axes(m, self.center[0] + ax2, self.center[1] + ax2, h2)
+        return {"volume_mm3": float(areas.sum()) * h**3, "core_volume_mm3": core * h**3, "long_axis_mm": long_ax,
+                "short_axis_mm": short_ax, "plane_z_mm": float(z[best])}
 
 
 def _axial_axes(mask: np.ndarray, x: np.ndarray, y: np.ndarray, h: float) -> tuple[float, float]:
     """Longest in-plane diameter and the longest diameter perpendicular to it (mm)."""
-    jj, ii = np.nonzero(mask)
+    from scipy import ndimage
+
+    jj, ii = np.nonzero(mask & ~ndimage.binary_erosion(mask))  # the rim holds every hull vertex
     if len(ii) == 0:
         return 0.0, 0.0
     pts = np.stack([x[ii], y[jj]], axis=1)

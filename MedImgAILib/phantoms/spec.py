@@ -9,7 +9,7 @@ cross-section, z = 0 about the level of the carina (superior is +z).
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -243,6 +243,19 @@ class PhantomSpec(BaseModel):
     vary_anatomy: bool = True
     #: make every UID a hash of the seeds (same spec -> same UIDs); default fresh UIDs each run
     deterministic_uids: bool = False
+    #: DICOM keyword -> value written over the generated header, or None to leave the attribute out
+    #: (e.g. {"CTDIvol": None} for a series whose dose is "missing"). Pixels are unaffected; removing
+    #: a Type 1/2 attribute makes the file invalid, as it would be from a real scanner.
+    header_overrides: dict[str, Optional[Union[str, float, int, list[str]]]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_overrides(self) -> "PhantomSpec":
+        from pydicom.datadict import tag_for_keyword
+
+        bad = [k for k in self.header_overrides if tag_for_keyword(k) is None]
+        if bad:
+            raise ValueError(f"header_overrides: not DICOM keywords: {', '.join(bad)}")
+        return self
 
     @property
     def patient_seed(self) -> int:

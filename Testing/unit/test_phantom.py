@@ -319,3 +319,21 @@ def test_cli_bad_nodule_is_one_line_error(tmp_path):
     res = subprocess.run([sys.executable, "-m", "MedImgAILib", "phantom", str(tmp_path / "y"), "--matrix", "8"],
                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert res.returncode == 2 and "acquisition.matrix" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_header_overrides_for_protocol_checks(tmp_path, dciodvfy):
+    """A series that breaks one protocol criterion in its header only (the pixels are the same)."""
+    spec = PhantomSpec(seed=4, acquisition=small_acq(matrix=32, slices=2),
+                       header_overrides={"CTDIvol": 9.5, "ConvolutionKernel": "B80f", "SpiralPitchFactor": None})
+    case = write_phantom_series(spec, tmp_path / "o", labels_nifti=True)
+    ds = pydicom.dcmread(case.files[0])
+    assert ds.CTDIvol == 9.5 and ds.ConvolutionKernel == "B80f" and "SpiralPitchFactor" not in ds
+    assert case.truth["acquisition"]["ctdi_vol_mgy_header"] == 9.5
+    res = subprocess.run([dciodvfy, str(case.files[0])], capture_output=True, text=True)
+    assert "Error" not in res.stdout + res.stderr  # SpiralPitchFactor is Type 3: still valid
+    import nibabel as nib
+
+    lab = nib.load(tmp_path / "o" / "nodule_labels.nii.gz")
+    assert lab.shape == (32, 32, 2)
+    with pytest.raises(ValueError, match="not DICOM keywords: NotATag"):
+        PhantomSpec(header_overrides={"NotATag": 1})
