@@ -77,6 +77,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="override a header attribute (e.g. CTDIvol=9.5, ConvolutionKernel=B80f); repeatable")
     p.add_argument("--omit", action="append", default=[], metavar="KEYWORD",
                    help="leave a header attribute out (e.g. CTDIvol), as a scanner that does not send it; repeatable")
+    p.add_argument("--omit-slice", type=int, action="append", default=[], metavar="K",
+                   help="render but do not write slice K (0 = most inferior): a series with a gap; repeatable")
+    p.add_argument("--perifissural", type=float, metavar="FRACTION", help="fraction of random nodules on a fissure")
+    p.add_argument("--juxtapleural", type=float, metavar="FRACTION", help="fraction of random nodules on the costal pleura")
     p.add_argument("--deterministic-uids", action="store_true", help="UIDs derived from the seeds")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=handle)
@@ -119,7 +123,7 @@ def _spec_from_args(args: argparse.Namespace):
     for key in args.omit:
         overrides[key.strip()] = None
     top: dict[str, Any] = {"seed": args.seed, "deterministic_uids": args.deterministic_uids,
-                           "header_overrides": overrides}
+                           "header_overrides": overrides, "omit_slices": args.omit_slice}
     if args.anatomy_seed is not None:
         top["anatomy_seed"] = args.anatomy_seed
     if args.nodule:
@@ -128,6 +132,10 @@ def _spec_from_args(args: argparse.Namespace):
         rn: dict[str, Any] = {"count": 3 if args.nodules is None else args.nodules}
         if args.size_range:
             rn["diameter_range_mm"] = tuple(args.size_range)
+        if args.perifissural is not None:
+            rn["perifissural_fraction"] = args.perifissural
+        if args.juxtapleural is not None:
+            rn["juxtapleural_fraction"] = args.juxtapleural
         top["random_nodules"] = rn
     try:
         if args.preset:

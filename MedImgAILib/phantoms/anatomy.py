@@ -140,6 +140,14 @@ class Lung:
     heart_gap: float = 3.0
     hu_anterior: float = -895.0
     hu_posterior: float = -815.0
+    #: oblique fissure z = obl_z0 + obl_slope * (y - cy): rising posteriorly, from the base anteriorly
+    #: to above the hilum posteriorly; right lung also a horizontal fissure at z = horiz_z in front of it
+    obl_z0: float = -40.0
+    obl_slope: float = 1.1
+    obl_lateral: float = 0.45
+    horiz_z: float | None = None
+    #: visceral pleura of the fissures: thickness (mm) and HU of the sheet
+    fissure_mm: float = 0.3
 
     @property
     def z_bottom(self) -> float:
@@ -175,15 +183,32 @@ class Lung:
         t = np.clip((y - (self.cy - self.b)) / (2 * self.b), 0.0, 1.0)
         return self.hu_anterior + (self.hu_posterior - self.hu_anterior) * t
 
-    def lobe(self, p: np.ndarray) -> str:
-        """Lobe by two planes: the oblique fissure (rising posteriorly, from the base anteriorly to
-        ~T4 posteriorly) and, on the right, the horizontal fissure."""
-        x, y, z = p
-        z_obl = -40.0 + 1.1 * (y - self.cy)
-        if z < z_obl:
+    def fissure_distances(self, x, y, z) -> list[np.ndarray]:
+        """Signed distances (mm) to the fissure sheets; the horizontal one is +inf behind the oblique."""
+        k, kx = self.obl_slope, self.obl_slope * self.obl_lateral
+        # laterally the fissure lies further forward, so an axial slice cuts it as an oblique line
+        lat = (x - self.cx) * (1.0 if self.side == "left" else -1.0)
+        d_obl = (z - self.obl_z0 - k * (y - self.cy) - kx * lat) / np.sqrt(1.0 + k * k + kx * kx)
+        out = [d_obl]
+        if self.horiz_z is not None:
+            out.append(np.where(d_obl > 0, z - self.horiz_z, np.inf))
+        return out
+
+    def fissure_normals(self) -> list[np.ndarray]:
+        k, kx = self.obl_slope, self.obl_slope * self.obl_lateral
+        sgn = 1.0 if self.side == "left" else -1.0
+        n = [np.array([-kx * sgn, -k, 1.0]) / np.sqrt(1.0 + k * k + kx * kx)]
+        if self.horiz_z is not None:
+            n.append(np.array([0.0, 0.0, 1.0]))
+        return n
+
+    def lobe(self, p) -> str:
+        """Lobe by the fissure planes."""
+        d = self.fissure_distances(*p)
+        if float(d[0]) < 0:
             return "RLL" if self.side == "right" else "LLL"
         if self.side == "right":
-            return "RUL" if z > -5.0 else "RML"
+            return "RUL" if float(d[1]) > 0 else "RML"
         return "LUL"
 
 
@@ -309,10 +334,11 @@ def build_anatomy(seed: int, vary: bool = True, table: bool = True, vessel_point
                         (heart.axes[0] - 9.0, heart.axes[1] - 9.0, heart.axes[2] - 9.0))
     thorax_a, thorax_b = body_a - 31.0 * sx, body_b - 29.0 * sy
     jit = (lambda: float(rng.uniform(-4, 4))) if vary else (lambda: 0.0)
+    fiss = dict(obl_z0=-40.0 * sz, obl_slope=1.1 * sz / sy)
     right = Lung("right", -78.0 * sx, 4.0 * sy, 62.0 * sx, 88.0 * sy, (125.0 + jit()) * sz, 70.0 * sz,
-                 (-70.0 + jit()) * sz, 60.0 * sz, thorax_a, thorax_b, peri)
+                 (-70.0 + jit()) * sz, 60.0 * sz, thorax_a, thorax_b, peri, horiz_z=-5.0 * sz, **fiss)
     left = Lung("left", 80.0 * sx, 4.0 * sy, 60.0 * sx, 88.0 * sy, (120.0 + jit()) * sz, 70.0 * sz,
-                (-80.0 + jit()) * sz, 60.0 * sz, thorax_a, thorax_b, peri)
+                (-80.0 + jit()) * sz, 60.0 * sz, thorax_a, thorax_b, peri, **fiss)
 
     # ribs: 12 pairs along an ellipse just outside the lungs, sloping down anteriorly
     rib_a, rib_b = body_a - 24.0 * sx, body_b - 22.0 * sy

@@ -96,7 +96,8 @@ class Nodule:
             "id": self.index,
             "label_value": self.index,
             "type": self.type,
-            "shape": self.spec.shape,
+            "shape": "lentiform" if self.spec.perifissural else self.spec.shape,
+            "perifissural": bool(self.spec.perifissural),
             "center_lps_mm": [float(v) for v in c],
             "diameter_mm": float(self.spec.diameter_mm),
             "semi_axes_mm": [float(v) for v in self.semi_axes],
@@ -177,13 +178,15 @@ def place_nodules(anatomy: Anatomy, specs: list[NoduleSpec], random: RandomNodul
         lo, hi = random.diameter_range_mm
         for _ in range(random.count):
             d = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))  # small nodules are commoner
+            u_site = float(rng.random())
             all_specs.append(NoduleSpec(
                 type=random.types[rng.integers(len(random.types))],
                 diameter_mm=d,
                 shape=random.shapes[rng.integers(len(random.shapes))],
                 axis_ratios=tuple(float(v) for v in rng.uniform(0.7, 1.4, 3)),
                 euler_deg=tuple(float(v) for v in rng.uniform(0, 180, 3)),
-                juxtapleural=bool(rng.random() < random.juxtapleural_fraction),
+                juxtapleural=bool(u_site < random.juxtapleural_fraction),
+                perifissural=bool(random.juxtapleural_fraction <= u_site < random.juxtapleural_fraction + random.perifissural_fraction),
             ))
     big_vessels = _big_vessels(anatomy)
     placed: list[Nodule] = []
@@ -218,6 +221,9 @@ def _place_one(idx: int, spec: NoduleSpec, anatomy: Anatomy, placed: list[Nodule
     core_hu = spec.core_hu if spec.core_hu is not None else CORE_HU + float(rng.uniform(-8, 8))
     core_d = spec.solid_core_diameter_mm if spec.solid_core_diameter_mm is not None else 0.4 * spec.diameter_mm
 
+    if spec.perifissural:
+        semi = np.array([1.3, 1.3, 0.6]) * spec.diameter_mm / 2.0
+        r_bound = float(semi.max())
     if spec.center_lps_mm is not None:
         c = np.asarray(spec.center_lps_mm, float)
         d = [float(l.sdf(*c)) for l in anatomy.lungs]
@@ -231,8 +237,10 @@ def _place_one(idx: int, spec: NoduleSpec, anatomy: Anatomy, placed: list[Nodule
         lung = anatomy.lungs[li]
     else:
         lung, c = _random_center(spec, anatomy, placed, big_vessels, r_bound, rng)
+    if spec.perifissural:
+        rot = _fissure_frame(lung, c)
     lobules: list[tuple[np.ndarray, float]] = []
-    if spec.shape == "lobulated":
+    if spec.shape == "lobulated" and not spec.perifissural:
         r = semi[0]
         for _ in range(int(rng.integers(4, 7))):
             u = rng.normal(size=3)
@@ -255,7 +263,13 @@ def _random_center(spec, anatomy, placed, big_vessels, r_bound, rng):
         hi = np.array([lung.cx + lung.a, lung.cy + lung.b, lung.z_apex])
         p = rng.uniform(lo, hi)
         d = float(lung.sdf(*p))
-        if spec.juxtapleural:
+        if spec.perifissural:
+            ds = [float(v) for v in lung.fissure_distances(*p)]
+            q = int(np.argmin(np.abs(ds)))
+            c = p - lung.fissure_normals()[q] * ds[q]
+            if not float(lung.sdf(*c)) < -(r_bound + 2.0):
+                continue
+        elif spec.juxtapleural:
             if not (-3.0 < d < 0.0):
                 continue
             # only against the costal pleura (the thoracic wall), not the heart or diaphragm
@@ -280,6 +294,15 @@ def _random_center(spec, anatomy, placed, big_vessels, r_bound, rng):
         f"could not place a {spec.diameter_mm:.1f} mm nodule in the lungs after 4000 tries "
         "(too large, or too many nodules for the space left)"
     )
+
+
+def _fissure_frame(lung: Lung, c: np.ndarray) -> np.ndarray:
+    """Rotation whose third column is the normal of the fissure nearest to c."""
+    ds = [float(v) for v in lung.fissure_distances(*c)]
+    n = lung.fissure_normals()[int(np.argmin(np.abs(ds)))]
+    u = np.cross(n, [1.0, 0.0, 0.0])
+    u /= np.linalg.norm(u)
+    return np.stack([u, np.cross(n, u), n], axis=1)
 
 
 def _wall_sdf(lung: Lung, p):

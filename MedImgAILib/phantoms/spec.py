@@ -45,6 +45,9 @@ class NoduleSpec(BaseModel):
     #: attached to the costal pleura: its centre sits ~0.3 diameters inside the lung surface and the
     #: part that would lie in the chest wall is cut away (the nodule is nodule ∩ lung)
     juxtapleural: bool = False
+    #: on a fissure (oblique, or the right horizontal one): a lentiform nodule flattened across the
+    #: fissure (semi-axes 1.3 r, 1.3 r, 0.6 r), centred on the sheet; ``shape`` is then ignored
+    perifissural: bool = False
     #: "right" / "left" or None (random, weighted by lung volume)
     side: Optional[Literal["right", "left"]] = None
     #: attenuation override; None = type default (solid 35, ground-glass -620, part-solid halo -600 /
@@ -62,6 +65,8 @@ class NoduleSpec(BaseModel):
                 )
         if any(r <= 0 for r in self.axis_ratios):
             raise ValueError("axis_ratios must be positive")
+        if self.perifissural and self.juxtapleural:
+            raise ValueError("a nodule is either juxtapleural (costal pleura) or perifissural, not both")
         return self
 
 
@@ -75,6 +80,7 @@ class RandomNodules(BaseModel):
     types: list[NoduleType] = ["solid", "solid", "part_solid", "ground_glass"]
     shapes: list[NoduleShape] = ["sphere", "sphere", "ellipsoid", "lobulated"]
     juxtapleural_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    perifissural_fraction: float = Field(0.0, ge=0.0, le=1.0)
 
 
 #: manufacturer -> (model name, kernel names for soft / standard / sharp)
@@ -247,6 +253,10 @@ class PhantomSpec(BaseModel):
     #: (e.g. {"CTDIvol": None} for a series whose dose is "missing"). Pixels are unaffected; removing
     #: a Type 1/2 attribute makes the file invalid, as it would be from a real scanner.
     header_overrides: dict[str, Optional[Union[str, float, int, list[str]]]] = Field(default_factory=dict)
+
+    #: slice indices (0 = most inferior) rendered but not written: a series with missing slices
+    #: (uneven spacing) for loader and protocol checks; the in-memory volume keeps them
+    omit_slices: list[int] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _check_overrides(self) -> "PhantomSpec":

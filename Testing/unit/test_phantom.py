@@ -337,3 +337,39 @@ def test_header_overrides_for_protocol_checks(tmp_path, dciodvfy):
     assert lab.shape == (32, 32, 2)
     with pytest.raises(ValueError, match="not DICOM keywords: NotATag"):
         PhantomSpec(header_overrides={"NotATag": 1})
+
+
+def test_perifissural_nodule_lies_flat_on_a_fissure():
+    spec = PhantomSpec(seed=2, random_nodules=RandomNodules(count=2, diameter_range_mm=(6.0, 8.0), juxtapleural_fraction=0.0,
+                                                           perifissural_fraction=1.0),
+                       acquisition=AcquisitionSpec(matrix=32, slices=2))
+    for n in generate_phantom(spec).truth["nodules"]:
+        assert n["perifissural"] and n["shape"] == "lentiform"
+        a = sorted(n["semi_axes_mm"])
+        assert a[0] == pytest.approx(0.6 / 1.3 * a[2])  # flattened across the fissure
+        assert n["volume_mm3"] == pytest.approx(4 / 3 * np.pi * np.prod(n["semi_axes_mm"]))
+
+
+def test_fissures_show_as_faint_lines():
+    """The oblique fissure crosses the lung as a thin line denser than lung, far less dense than a vessel."""
+    acq = AcquisitionSpec(matrix=256, fov_mm=190.0, center_xy_mm=(80.0, 4.0), slices=1, z_start_mm=0.0,
+                          noise_sd_hu=0.0, blur_sigma_mm=0.0, edge_enhancement=0.0)
+    with_f = generate_phantom(PhantomSpec(seed=1, acquisition=acq), with_labels=False).volume.array[0]
+    from MedImgAILib.phantoms.generate import _prepare
+    from MedImgAILib.phantoms.render import Renderer
+
+    an, nods, grid, _ = _prepare(PhantomSpec(seed=1, acquisition=acq))
+    without = Renderer(an, nods, acq, grid, fissures=False).render_chunk(0, 1)[0]
+    diff = with_f - np.rint(without)
+    assert diff.max() > 60  # the sheet adds density along a line ...
+    assert (diff > 20).sum() < 0.05 * diff.size  # ... only along a line
+
+
+def test_missing_slice_series_and_thread_independence(tmp_path):
+    spec = PhantomSpec(seed=3, omit_slices=[2], acquisition=small_acq(matrix=48, slices=5))
+    case = write_phantom_series(spec, tmp_path / "gap", workers=2)
+    zs = sorted(float(pydicom.dcmread(f).ImagePositionPatient[2]) for f in case.files)
+    assert len(zs) == 4 and np.diff(zs).max() == pytest.approx(2 * np.diff(zs).min())
+    assert case.truth["omitted_slices"] == [2]
+    one = generate_phantom(spec, workers=1).volume.array
+    np.testing.assert_array_equal(one, case.volume.array)
