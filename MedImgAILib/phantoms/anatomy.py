@@ -178,10 +178,22 @@ class Lung:
         g = float(self.scale(z))
         return (self.cx - self.a * g, self.cx + self.a * g, self.cy - self.b * g, self.cy + self.b * g)
 
-    def hu(self, y: np.ndarray) -> np.ndarray:
-        """Dependent (posterior) lung is denser: a linear AP gradient."""
+    #: parenchymal heterogeneity: plane waves (wave vectors rad/mm, phases) and amplitude (HU)
+    texture_k: np.ndarray | None = None
+    texture_phase: np.ndarray | None = None
+    texture_hu: float = 12.0
+
+    def hu(self, y: np.ndarray, x: np.ndarray | None = None, z: float | None = None) -> np.ndarray:
+        """Dependent (posterior) lung is denser: a linear AP gradient, plus (given x and z) a smooth
+        heterogeneity of a few HU on a 1.5-5 cm scale, as perfusion and aeration vary."""
         t = np.clip((y - (self.cy - self.b)) / (2 * self.b), 0.0, 1.0)
-        return self.hu_anterior + (self.hu_posterior - self.hu_anterior) * t
+        base = self.hu_anterior + (self.hu_posterior - self.hu_anterior) * t
+        if self.texture_k is None or x is None or z is None:
+            return base
+        acc = np.zeros(np.broadcast_shapes(np.shape(x), np.shape(y)), dtype=np.float32)
+        for (kx, ky, kz), ph in zip(self.texture_k, self.texture_phase):
+            acc += np.cos(np.float32(kx) * x + np.float32(ky) * y + np.float32(kz * z + ph))
+        return base + (self.texture_hu * np.sqrt(2.0 / len(self.texture_k))) * acc
 
     def fissure_distances(self, x, y, z) -> list[np.ndarray]:
         """Signed distances (mm) to the fissure sheets; the horizontal one is +inf behind the oblique."""
@@ -339,6 +351,13 @@ def build_anatomy(seed: int, vary: bool = True, table: bool = True, vessel_point
                  (-70.0 + jit()) * sz, 60.0 * sz, thorax_a, thorax_b, peri, horiz_z=-5.0 * sz, **fiss)
     left = Lung("left", 80.0 * sx, 4.0 * sy, 60.0 * sx, 88.0 * sy, (120.0 + jit()) * sz, 70.0 * sz,
                 (-80.0 + jit()) * sz, 60.0 * sz, thorax_a, thorax_b, peri, **fiss)
+
+    tex_rng = np.random.default_rng([int(seed), 505])
+    for lung in (right, left):
+        dirs = tex_rng.normal(size=(6, 3))
+        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+        lung.texture_k = dirs * (2 * np.pi / tex_rng.uniform(15.0, 50.0, size=(6, 1)))
+        lung.texture_phase = tex_rng.uniform(0, 2 * np.pi, size=6)
 
     # ribs: 12 pairs along an ellipse just outside the lungs, sloping down anteriorly
     rib_a, rib_b = body_a - 24.0 * sx, body_b - 22.0 * sy

@@ -277,9 +277,16 @@ def _random_center(spec, anatomy, placed, big_vessels, r_bound, rng):
             if dw < d - 0.5:
                 continue
             n = _normal(lung, p)
+            if abs(n[2]) > 0.4:  # the costal wall runs craniocaudally; skip apex and recesses
+                continue
             c = p - n * (0.3 * spec.diameter_mm + d)  # surface point p - n*d, then inward
-            # the distance is first-order only: near the apex or a recess the step can miss
+            # the distance is first-order only: check the nodule really meets the wall in its own
+            # axial plane (as a reader sees it) and that its centre is inside the lung
             if not float(lung.sdf(*c)) < -0.15 * spec.diameter_mm:
+                continue
+            ang = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+            ring = c[None, :] + 0.5 * spec.diameter_mm * np.stack([np.cos(ang), np.sin(ang), np.zeros_like(ang)], 1)
+            if not (lung.sdf(ring[:, 0], ring[:, 1], ring[:, 2]) > 0.5).any():
                 continue
         else:
             if d > -(r_bound + 2.0):

@@ -188,7 +188,7 @@ class Renderer:
             x, y = g.x[None, i0:i1], g.y[j0:j1, None]
             occ = _ramp(lung.sdf(x, y, z), h)
             v = img[j0:j1, i0:i1]
-            v += (lung.hu(y) - v) * occ
+            v += (lung.hu(y, x, z) - v) * occ
             if self.fissures:
                 self._paint_fissures(v, lung, x, y, z, occ)
         for ell in self.anatomy.heart_layers:

@@ -212,12 +212,24 @@ def test_sharp_kernel_sharper_edges_and_finer_noise_than_soft():
     assert neighbour_corr(ns) > neighbour_corr(nh) + 0.2
 
 
+def _clear_spot(seed: int) -> tuple[float, float, float]:
+    """A point in the right lung at least 8 mm from any vessel and 15 mm from the pleura."""
+    from MedImgAILib.phantoms.anatomy import build_anatomy
+
+    an = build_anatomy(seed)
+    for p in np.random.default_rng(0).uniform([-130, -60, -40], [-40, 60, 80], size=(2000, 3)):
+        if an.lungs[0].sdf(*p) < -15 and an.vessels.min_distance(p).min() > 8:
+            return tuple(float(v) for v in p)
+    raise AssertionError("no vessel-free spot")
+
+
 def test_thick_slices_dilute_a_small_nodule():
-    nod = NoduleSpec(type="solid", diameter_mm=3.0, center_lps_mm=(-80.0, -10.0, 40.0))
+    c = _clear_spot(2)
+    nod = NoduleSpec(type="solid", diameter_mm=3.0, center_lps_mm=c)
 
     def peak(thickness):
-        acq = AcquisitionSpec(matrix=96, pixel_spacing_mm=0.6, center_xy_mm=(-80.0, -10.0), slice_thickness_mm=thickness,
-                              slices=9, z_start_mm=40.0 - 4 * thickness, noise_sd_hu=0.0)
+        acq = AcquisitionSpec(matrix=96, pixel_spacing_mm=0.6, center_xy_mm=c[:2], slice_thickness_mm=thickness,
+                              slices=9, z_start_mm=c[2] - 4 * thickness, noise_sd_hu=0.0)
         return generate_phantom(PhantomSpec(seed=2, nodules=[nod], acquisition=acq)).volume.array[4, 46:50, 46:50].max()
 
     thin, thick = peak(0.625), peak(5.0)
