@@ -93,7 +93,7 @@ def make_grid(acq: AcquisitionSpec, lung_z: tuple[float, float]) -> Grid:
         z0 = float(acq.z_start_mm)
     else:
         mid = (lung_z[0] + lung_z[1]) / 2.0
-        z0 = mid - dz * (nk - 1) / 2.0
+        z0 = round((mid - dz * (nk - 1) / 2.0) * 4.0) / 4.0  # tidy header positions (0.25 mm steps)
     cx, cy = acq.center_xy_mm
     x0 = cx - dx * (n - 1) / 2.0
     y0 = cy - dx * (n - 1) / 2.0

@@ -72,8 +72,8 @@ def test_geometry_matches_simpleitk(series):
     img = reader.Execute()
     g = case.truth["geometry"]
     assert img.GetSize() == (128, 128, 40)
-    np.testing.assert_allclose(img.GetSpacing(), g["spacing"], atol=1e-4)
-    np.testing.assert_allclose(img.GetOrigin(), g["origin"], atol=1e-3)
+    np.testing.assert_allclose(img.GetSpacing(), g["spacing"], atol=1e-6)
+    np.testing.assert_allclose(img.GetOrigin(), g["origin"], atol=1e-6)
     np.testing.assert_allclose(img.GetDirection(), g["direction"], atol=1e-6)
     assert g["origin"][2] == pytest.approx(-30.0)
     # pixels read back equal the in-memory volume (HU, integer valued)
@@ -385,3 +385,15 @@ def test_missing_slice_series_and_thread_independence(tmp_path):
     assert case.truth["omitted_slices"] == [2]
     one = generate_phantom(spec, workers=1).volume.array
     np.testing.assert_array_equal(one, case.volume.array)
+
+
+def test_sample_spec_spans_acquisitions_reproducibly():
+    from MedImgAILib.phantoms import sample_spec
+
+    specs = [sample_spec(s, matrix=64) for s in range(40)]
+    assert sample_spec(3, matrix=64) == specs[3]
+    assert {s.acquisition.slice_thickness_mm for s in specs} == {0.625, 1.25, 2.5, 5.0}
+    assert {s.acquisition.kernel for s in specs} == {"soft", "standard", "sharp"}
+    assert all(8.0 <= s.acquisition.noise_sd_hu <= 60.0 for s in specs)
+    case = generate_phantom(sample_spec(5, matrix=48, slices=4))
+    assert case.volume.array.shape == (4, 48, 48) and 1 <= len(case.truth["nodules"]) <= 6
