@@ -190,10 +190,19 @@ class Lung:
         base = self.hu_anterior + (self.hu_posterior - self.hu_anterior) * t
         if self.texture_k is None or x is None or z is None:
             return base
-        acc = np.zeros(np.broadcast_shapes(np.shape(x), np.shape(y)), dtype=np.float32)
+        amp = self.texture_hu * np.sqrt(2.0 / len(self.texture_k))
+        xr, yr = np.ravel(x), np.ravel(y)
+        if np.ndim(x) == 2 and np.ndim(y) == 2 and np.shape(x)[0] == 1 and np.shape(y)[1] == 1:
+            # a grid: cos(a(x) + b(y)) = cos a cos b - sin a sin b, summed over waves = one matmul
+            a = np.outer(xr, self.texture_k[:, 0])  # (ni, W)
+            b = np.outer(yr, self.texture_k[:, 1]) + (self.texture_k[:, 2] * z + self.texture_phase)[None, :]
+            U = np.concatenate([np.cos(b), -np.sin(b)], axis=1)  # (nj, 2W)
+            V = np.concatenate([np.cos(a), np.sin(a)], axis=1)  # (ni, 2W)
+            return base + (amp * (U @ V.T)).astype(np.float32)
+        acc = np.zeros(np.broadcast_shapes(np.shape(x), np.shape(y)), dtype=np.float64)
         for (kx, ky, kz), ph in zip(self.texture_k, self.texture_phase):
-            acc += np.cos(np.float32(kx) * x + np.float32(ky) * y + np.float32(kz * z + ph))
-        return base + (self.texture_hu * np.sqrt(2.0 / len(self.texture_k))) * acc
+            acc += np.cos(kx * x + ky * y + (kz * z + ph))
+        return base + amp * acc
 
     def fissure_distances(self, x, y, z) -> list[np.ndarray]:
         """Signed distances (mm) to the fissure sheets; the horizontal one is +inf behind the oblique."""
