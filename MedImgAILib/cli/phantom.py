@@ -82,6 +82,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--perifissural", type=float, metavar="FRACTION", help="fraction of random nodules on a fissure")
     p.add_argument("--juxtapleural", type=float, metavar="FRACTION", help="fraction of random nodules on the costal pleura")
     p.add_argument("--deterministic-uids", action="store_true", help="UIDs derived from the seeds")
+    p.add_argument("--recon", action="append", default=[], metavar="THICKNESS[:KERNEL[:INTERVAL]]",
+                   help="write a study with one series per reconstruction of the same scan (e.g. --recon 1.25:sharp "
+                   "--recon 5:soft) into OUT_DIR/series-NNN; repeatable")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=handle)
 
@@ -147,16 +150,49 @@ def _spec_from_args(args: argparse.Namespace):
         raise PhantomSpecError(f"invalid phantom parameter{' ' + where if where else ''}: {first['msg']}") from None
 
 
+def _recons(items: list[str]) -> list[dict[str, Any]]:
+    from ..phantoms import PhantomSpecError
+
+    out = []
+    for item in items:
+        thick, _, rest = item.partition(":")
+        kernel, _, interval = rest.partition(":")
+        try:
+            rec: dict[str, Any] = {"slice_thickness_mm": float(thick),
+                                   "reconstruction_interval_mm": float(interval) if interval else None}
+        except ValueError:
+            raise PhantomSpecError(f"--recon {item!r}: expected THICKNESS[:KERNEL[:INTERVAL]], e.g. 1.25:sharp:1.0") from None
+        if kernel:
+            if kernel not in ("soft", "standard", "sharp"):
+                raise PhantomSpecError(f"--recon {item!r}: kernel must be soft, standard or sharp")
+            rec["kernel"] = kernel
+        out.append(rec)
+    return out
+
+
 def handle(args: argparse.Namespace) -> int:
-    from ..phantoms import write_phantom_series
+    from ..phantoms import write_phantom_series, write_study
 
     spec = _spec_from_args(args)
     try:
-        case = write_phantom_series(spec, args.out_dir, keep_volume=False, labels_nifti=args.labels)
+        if args.recon:
+            cases = write_study(spec, args.out_dir, _recons(args.recon))
+        else:
+            cases = [write_phantom_series(spec, args.out_dir, keep_volume=False, labels_nifti=args.labels)]
     except OSError as exc:
         raise MedImgAIError(f"cannot write the phantom series to {args.out_dir}: {exc.strerror or exc}") from None
+    summaries = [_summary(case) for case in cases]
+    if args.json:
+        print(json.dumps(summaries[0] if not args.recon else {"series": summaries}, indent=2))
+        return 0
+    for summary in summaries:
+        _print(summary)
+    return 0
+
+
+def _summary(case) -> dict[str, Any]:
     t = case.truth
-    summary = {
+    return {
         "out_dir": str(case.out_dir),
         "study_instance_uid": t["study_instance_uid"],
         "series_instance_uid": t["series_instance_uid"],
@@ -176,9 +212,9 @@ def handle(args: argparse.Namespace) -> int:
             for n in t["nodules"]
         ],
     }
-    if args.json:
-        print(json.dumps(summary, indent=2))
-        return 0
+
+
+def _print(summary: dict[str, Any]) -> None:
     nx, ny, nz = summary["size"]
     sx, sy, sz = summary["spacing"]
     print(f"series {summary['series_instance_uid']}  ({summary['series_description']})")
@@ -193,4 +229,3 @@ def handle(args: argparse.Namespace) -> int:
         jp = " juxtapleural" if n["juxtapleural"] else ""
         print(f"  nodule {n['id']}: {n['type']:<12} {n['diameter_mm']:5.1f} mm at ({c}) {n['lobe']}{jp}, "
               f"{n['volume_mm3']:.0f} mm3")
-    return 0

@@ -397,3 +397,15 @@ def test_sample_spec_spans_acquisitions_reproducibly():
     assert all(8.0 <= s.acquisition.noise_sd_hu <= 60.0 for s in specs)
     case = generate_phantom(sample_spec(5, matrix=48, slices=4))
     assert case.volume.array.shape == (4, 48, 48) and 1 <= len(case.truth["nodules"]) <= 6
+
+
+def test_cli_study_of_two_reconstructions(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "MedImgAILib", "phantom", str(tmp_path / "st"), "--matrix", "32",
+                          "--slices", "4", "--recon", "2.5:sharp", "--recon", "5", "--json"],
+                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    series = json.loads(res.stdout)["series"]
+    assert [s["slice_thickness_mm"] for s in series] == [2.5, 5.0]
+    assert series[0]["study_instance_uid"] == series[1]["study_instance_uid"]
+    assert series[0]["series_instance_uid"] != series[1]["series_instance_uid"]
+    assert all(len(list(Path(s["out_dir"]).glob("CT*.dcm"))) == 4 for s in series)
