@@ -420,10 +420,17 @@ def build_anatomy(seed: int, vary: bool = True, table: bool = True, vessel_point
     # pulmonary vessel trees: arteries from the hila, veins to the lower hila, both space-filling
     vessel_rng = np.random.default_rng([int(seed), 202])
     trees: list[tuple] = []
+    br_wall: list[tuple] = []
+    br_lumen: list[tuple] = []
     for lung, hilum, vhilum in ((right, r_hilum, r_vhilum), (left, l_hilum, l_vhilum)):
-        for root, r0 in ((hilum, 7.0 * sr), (vhilum, 6.0 * sr)):
+        for root, r0, artery in ((hilum, 7.0 * sr, True), (vhilum, 6.0 * sr, False)):
             pts = _sample_in_lung(lung, vessel_points, vessel_rng, margin=4.0)
-            trees.extend(_grow_tree(np.asarray(root, float), pts, r0, vessel_rng))
+            segs = _grow_tree(np.asarray(root, float), pts, r0, vessel_rng)
+            trees.extend(segs)
+            if artery:
+                w, lu = _bronchi(segs, 1.0 if lung.side == "left" else -1.0)
+                br_wall.extend(w)
+                br_lumen.extend(lu)
 
     caps_pre = [
         CapsuleSet.from_list("rib_cortex", "bone_cortical", cort),
@@ -433,13 +440,44 @@ def build_anatomy(seed: int, vary: bool = True, table: bool = True, vessel_point
         CapsuleSet.from_list("pulmonary_trunks", "vessel", pa),
         CapsuleSet.from_list("airway_wall", "airway_wall", airway_wall),
         CapsuleSet.from_list("airway_lumen", "air", airway_lumen),
+        CapsuleSet.from_list("bronchial_wall", "airway_wall", br_wall),
+        CapsuleSet.from_list("bronchial_lumen", "air", br_lumen),
     ]
     vessels = CapsuleSet.from_list("pulmonary_vessels", "vessel", trees)
     return Anatomy(
         scale=(sx, sy, sz), extruded=ext, lungs=[right, left], heart_layers=[peri, heart, chamber],
         liver_side=right, capsules_pre=caps_pre, vessels=vessels, body=body,
-        stats={"vessel_segments": len(vessels)},
+        stats={"vessel_segments": len(vessels), "bronchial_segments": len(br_lumen)},
     )
+
+
+def _bronchi(artery_segs: list[tuple], side: float, r_min: float = 1.3) -> tuple[list[tuple], list[tuple]]:
+    """Bronchi beside the arteries (bronchovascular bundles) down to arteries of ``r_min`` mm: a
+    lumen ~0.75 of the artery's radius, a wall ~0.3 of the lumen's radius (at least 0.35 mm), offset
+    sideways by a direction that varies smoothly with the branch direction so the airway tree stays
+    continuous at bifurcations."""
+    ref = np.array([0.35 * side, 1.0, 0.25])
+    ref /= np.linalg.norm(ref)
+    walls, lumens = [], []
+    for a, b, ra, rb in artery_segs:
+        if ra < r_min:
+            continue
+        d = np.asarray(b) - np.asarray(a)
+        L = float(np.linalg.norm(d))
+        if L < 1e-6:
+            continue
+        d /= L
+        perp = ref - (ref @ d) * d
+        if np.linalg.norm(perp) < 0.2:
+            perp = np.cross(d, [1.0, 0.0, 0.0])
+        perp /= np.linalg.norm(perp)
+        la, lb = 0.75 * ra, 0.75 * rb
+        wa, wb = max(0.35, 0.3 * la), max(0.35, 0.3 * lb)
+        pa = np.asarray(a) + perp * (ra + la + wa + 0.2)
+        pb = np.asarray(b) + perp * (rb + lb + wb + 0.2)
+        walls.append((pa, pb, la + wa, lb + wb))
+        lumens.append((pa, pb, la, lb))
+    return walls, lumens
 
 
 def _sample_in_lung(lung: Lung, n: int, rng: np.random.Generator, margin: float) -> np.ndarray:
