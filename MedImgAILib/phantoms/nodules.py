@@ -203,7 +203,7 @@ def _big_vessels(anatomy: Anatomy):
     return CapsuleSet("big", "vessel", v.a[keep], v.b[keep], v.ra[keep], v.rb[keep])
 
 
-def _shape_params(spec: NoduleSpec, rng: np.random.Generator):
+def _shape_params(spec: NoduleSpec):
     r = spec.diameter_mm / 2.0
     if spec.shape == "ellipsoid":
         ratios = np.asarray(spec.axis_ratios, float)
@@ -214,7 +214,7 @@ def _shape_params(spec: NoduleSpec, rng: np.random.Generator):
 
 def _place_one(idx: int, spec: NoduleSpec, anatomy: Anatomy, placed: list[Nodule], big_vessels,
                rng: np.random.Generator) -> Nodule:
-    semi, rot = _shape_params(spec, rng)
+    semi, rot = _shape_params(spec)
     r_bound = float(semi.max()) * (1.45 if spec.shape == "lobulated" else 1.0)
     jitter = float(rng.uniform(-25, 25)) if spec.hu is None and spec.type != "solid" else float(rng.uniform(-8, 8))
     hu = spec.hu if spec.hu is not None else DEFAULT_HU[spec.type] + jitter
