@@ -409,3 +409,16 @@ def test_cli_study_of_two_reconstructions(tmp_path):
     assert series[0]["study_instance_uid"] == series[1]["study_instance_uid"]
     assert series[0]["series_instance_uid"] != series[1]["series_instance_uid"]
     assert all(len(list(Path(s["out_dir"]).glob("CT*.dcm"))) == 4 for s in series)
+
+
+def test_the_project_loader_reads_back_what_was_rendered(series):
+    """MedImgAILib.dicom (the pipeline's loader) gives the same voxels, geometry and source UIDs, and
+    skips truth.json beside the slices."""
+    from MedImgAILib.dicom import load_volume
+
+    out, case = series
+    vol = load_volume(out)
+    np.testing.assert_allclose(vol.affine, case.volume.affine, atol=1e-6)
+    np.testing.assert_array_equal(vol.array.astype(np.float32), case.volume.array)
+    assert vol.source_sop_instance_uids == case.volume.source_sop_instance_uids
+    assert not vol.warnings
