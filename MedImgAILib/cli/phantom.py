@@ -54,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ma", type=float, help="tube current, mA")
     p.add_argument("--ctdivol", type=float, help="CTDIvol header value, mGy (default derived)")
     p.add_argument("--contrast", choices=["none", "venous", "arterial"])
+    p.add_argument("--breathing", type=float, metavar="MM", help="breathing artefact: peak craniocaudal displacement, mm")
     p.add_argument("--manufacturer", help="e.g. 'GE MEDICAL SYSTEMS', SIEMENS, Philips, TOSHIBA")
     p.add_argument("--model-name", help="ManufacturerModelName")
     p.add_argument("--protocol-name")
@@ -100,6 +101,7 @@ def _spec_from_args(args: argparse.Namespace):
                        ("z_start", "z_start_mm"), ("noise", "noise_sd_hu"), ("noise_correlation", "noise_correlation_mm"),
                        ("kernel", "kernel"), ("kernel_name", "kernel_name"), ("blur", "blur_sigma_mm"), ("kvp", "kvp"),
                        ("ma", "tube_current_ma"), ("ctdivol", "ctdi_vol_mgy"), ("contrast", "contrast"),
+                       ("breathing", "breathing_motion_mm"),
                        ("manufacturer", "manufacturer"), ("model_name", "model_name")]:
         v = getattr(args, arg)
         if v is not None:

@@ -42,6 +42,15 @@ class Grid:
     x0: float  # centre of pixel (i=0)
     y0: float
     z0: float  # centre of slice k=0 (most inferior)
+    #: per slice, where the anatomy is sampled relative to the slice (breathing motion), mm; None = 0
+    shift: np.ndarray | None = None
+
+    @property
+    def motion_margin(self) -> float:
+        return 0.0 if self.shift is None else float(np.abs(self.shift).max())
+
+    def shift_of(self, k: np.ndarray | int) -> np.ndarray | float:
+        return 0.0 if self.shift is None else self.shift[k]
 
     @property
     def x(self) -> np.ndarray:
@@ -64,7 +73,10 @@ class Grid:
     def sub_z(self, k0: int, k1: int, nsub: int) -> np.ndarray:
         """Sample positions through each slice's profile, shape (k1-k0, nsub)."""
         off = self.thickness * ((np.arange(nsub) + 0.5) / nsub - 0.5)
-        return (self.z0 + self.dz * np.arange(k0, k1))[:, None] + off[None, :]
+        zk = self.z0 + self.dz * np.arange(k0, k1)
+        if self.shift is not None:
+            zk = zk + self.shift[k0:k1]
+        return zk[:, None] + off[None, :]
 
     def i_range(self, lo: float, hi: float) -> tuple[int, int]:
         return max(0, int(math.floor((lo - self.x0) / self.dx))), min(self.ni, int(math.ceil((hi - self.x0) / self.dx)) + 1)
@@ -74,7 +86,7 @@ class Grid:
 
     def k_range(self, lo: float, hi: float) -> tuple[int, int]:
         """Slices whose profile [z - T/2, z + T/2] meets [lo, hi]."""
-        h = self.thickness / 2.0
+        h = self.thickness / 2.0 + self.motion_margin
         return (max(0, int(math.ceil((lo - h - self.z0) / self.dz - 1e-9))),
                 min(self.nk, int(math.floor((hi + h - self.z0) / self.dz + 1e-9)) + 1))
 
@@ -97,7 +109,13 @@ def make_grid(acq: AcquisitionSpec, lung_z: tuple[float, float]) -> Grid:
     cx, cy = acq.center_xy_mm
     x0 = cx - dx * (n - 1) / 2.0
     y0 = cy - dx * (n - 1) / 2.0
-    return Grid(n, n, nk, dx, dz, T, x0, y0, z0)
+    shift = None
+    if acq.breathing_motion_mm > 0:
+        # the patient breathes while the table moves: each slice samples the anatomy displaced
+        # craniocaudally by a sinusoid of the table position (rigid, a deliberate simplification)
+        zk = dz * np.arange(nk)
+        shift = acq.breathing_motion_mm * np.sin(2 * np.pi * zk / acq.breathing_period_mm + acq.breathing_phase)
+    return Grid(n, n, nk, dx, dz, T, x0, y0, z0, shift)
 
 
 _BUCKETS = np.array([1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 4096])
@@ -233,7 +251,7 @@ class Renderer:
         if len(pcs) == 0:
             return
         g = self.grid
-        h2 = g.thickness / 2
+        h2 = g.thickness / 2 + g.motion_margin
         zlo = g.z0 + g.dz * k0 - h2
         zhi = g.z0 + g.dz * (k1 - 1) + h2
         xs_hi = g.x0 + g.dx * (g.ni - 1)
@@ -278,7 +296,7 @@ class Renderer:
                 ba = pcs.b[n] - a
                 bb = np.maximum(np.einsum("ij,ij->i", ba, ba), 1e-12)
                 kk = ka[m][:, None] + np.arange(bk)[None, :]  # (P, bk)
-                zz = (g.z0 + g.dz * kk)[:, :, None] + off[None, None, :]  # (P, bk, ns)
+                zz = (g.z0 + g.dz * kk + g.shift_of(kk))[:, :, None] + off[None, None, :]  # (P, bk, ns)
                 jj = j0[m][:, None] + np.arange(bj)[None, :]
                 ii = i0[m][:, None] + np.arange(bi)[None, :]
                 px = (g.x0 + g.dx * ii - a[:, 0:1])[:, None, None, :].astype(np.float32)

@@ -136,6 +136,12 @@ class AcquisitionSpec(BaseModel):
     software_versions: str = "medimgai-phantom 1"
     table: bool = True
     gantry_tilt_deg: Literal[0] = 0
+    #: breathing artefact: peak craniocaudal displacement of the anatomy (mm) while the table moves
+    #: ``breathing_period_mm`` per breath; 0 = a perfect breath-hold. Truth keeps the static
+    #: geometry; image and label map show the displaced (stair-stepped, doubled or missed) anatomy.
+    breathing_motion_mm: float = Field(0.0, ge=0.0, le=30.0)
+    breathing_period_mm: float = Field(40.0, gt=1.0, le=1000.0)
+    breathing_phase: float = 0.0
 
     @model_validator(mode="after")
     def _check(self) -> "AcquisitionSpec":

@@ -422,3 +422,16 @@ def test_the_project_loader_reads_back_what_was_rendered(series):
     np.testing.assert_array_equal(vol.array.astype(np.float32), case.volume.array)
     assert vol.source_sop_instance_uids == case.volume.source_sop_instance_uids
     assert not vol.warnings
+
+
+def test_breathing_motion_breaks_slice_to_slice_continuity():
+    def run(motion):
+        acq = small_acq(matrix=96, slices=30, slice_thickness_mm=2.0, noise_sd_hu=0.0, breathing_motion_mm=motion,
+                        breathing_period_mm=20.0)
+        return generate_phantom(PhantomSpec(seed=6, acquisition=acq), with_labels=False).volume.array
+
+    still, moving = run(0.0), run(8.0)
+    lung = (still < -600)[:-1] & (still < -600)[1:]
+    jump = lambda v: np.abs(np.diff(v, axis=0))[lung].mean()
+    assert jump(moving) > 1.3 * jump(still)
+    np.testing.assert_array_equal(run(0.0), still)
