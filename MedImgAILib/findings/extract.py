@@ -1,0 +1,309 @@
+"""Findings from a model's label map: connected components, per-lesion measurements, probability.
+
+Input: a label-map ``Volume`` on the grid of the source image (same shape and affine), the source image
+itself (for HU statistics, the solid core and the body midline), optionally a probability map. Output:
+``results.Finding`` objects with unrounded measurements (DESIGN.md: a rule rounds, not we).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Mapping, Optional, Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from ..errors import MedImgAIError
+from ..results import Code, Finding
+from ..volume import Volume
+from .measure import AxialAxes, axial_axes, centroid_lps, max_3d_diameter
+
+
+class FindingsError(MedImgAIError):
+    kind = "findings"
+
+
+# SNOMED CT codes used for lung findings and sites (the ones DICOM CID 6102 / 6117 / 244 list).
+SCT = "SCT"
+NODULE = Code(value="27925004", scheme=SCT, meaning="Nodule")
+LUNG = Code(value="39607008", scheme=SCT, meaning="Lung")
+RIGHT_LUNG = Code(value="3341006", scheme=SCT, meaning="Right lung")
+LEFT_LUNG = Code(value="44029006", scheme=SCT, meaning="Left lung")
+LOBES = {
+    "right upper lobe": Code(value="45653009", scheme=SCT, meaning="Upper lobe of right lung"),
+    "right middle lobe": Code(value="72481006", scheme=SCT, meaning="Middle lobe of right lung"),
+    "right lower lobe": Code(value="90572001", scheme=SCT, meaning="Lower lobe of right lung"),
+    "left upper lobe": Code(value="44714003", scheme=SCT, meaning="Upper lobe of left lung"),
+    "left lower lobe": Code(value="41224006", scheme=SCT, meaning="Lower lobe of left lung"),
+}
+
+
+@dataclass
+class LabelSpec:
+    """What one label value of the model output means (from the model card)."""
+
+    value: int
+    name: str
+    #: finding type (SR) / segmented property type (SEG); SNOMED CT
+    finding_code: Code = field(default_factory=lambda: NODULE)
+    #: segmented property category (SEG); SNOMED CT
+    category_code: Code = field(
+        default_factory=lambda: Code(value="49755003", scheme=SCT, meaning="Morphologically abnormal structure")
+    )
+    #: anatomic site when the label implies one (a lobe model, an organ model)
+    site_code: Optional[Code] = None
+    #: components smaller than this are dropped (model card's minimum lesion size)
+    min_size_mm3: float = 0.0
+    #: lung lesions get nodule type, side, solid core; organ labels only geometry and HU
+    is_lung_lesion: bool = True
+
+
+@dataclass
+class TypeThresholds:
+    """Nodule type from attenuation. Solid tissue is > ``solid_hu`` (the usual -300 HU split between
+    ground glass and solid); a nodule is *solid* when at least ``solid_fraction`` of its interior
+    (the mask eroded by one voxel, so partial-volume edge voxels do not vote) is solid, *part-solid*
+    when it holds a solid core whose equivalent-sphere diameter is at least ``min_core_mm``, and
+    *ground-glass* otherwise."""
+
+    solid_hu: float = -300.0
+    solid_fraction: float = 0.8
+    min_core_mm: float = 1.5
+
+
+def _bbox(mask: np.ndarray) -> tuple[slice, slice, slice]:
+    ks, js, is_ = (np.nonzero(mask.any(axis=ax))[0] for ax in ((1, 2), (0, 2), (0, 1)))
+    return slice(ks[0], ks[-1] + 1), slice(js[0], js[-1] + 1), slice(is_[0], is_[-1] + 1)
+
+
+def largest_axial_axes(
+    mask: np.ndarray,
+    affine: np.ndarray,
+    offset_kji: tuple[int, int, int] = (0, 0, 0),
+    field: Optional[np.ndarray] = None,
+) -> tuple[int, AxialAxes]:
+    """Axes on the axial slice where the region is largest. Slices within 80 % of the largest area
+    are all measured and the one with the largest mean diameter is kept, so that a one-voxel
+    difference in area does not pick a visibly smaller outline. ``field`` (same shape, values in
+    [0, 1]) gives the sub-voxel outline; the binary mask is used when it is None."""
+    areas = mask.reshape(mask.shape[0], -1).sum(axis=1)
+    if areas.max() == 0:
+        raise FindingsError("empty lesion mask")
+    field = mask if field is None else field
+    k0 = offset_kji[0]
+    candidates = np.nonzero(areas >= 0.8 * areas.max())[0]
+    best: tuple[int, AxialAxes] | None = None
+    for kk in candidates:
+        ax = axial_axes(field[kk], int(kk) + k0, affine, (offset_kji[1], offset_kji[2]))
+        if best is None or ax.mean_mm > best[1].mean_mm:
+            best = (int(kk) + k0, ax)
+    assert best is not None
+    return best
+
+
+def body_midline_x_lps(image: Volume, k: int) -> Optional[float]:
+    """LPS x of the body's left-right centre on slice k: the middle of the largest connected region
+    above -500 HU (the body, not the table or air). None when no body is visible."""
+    sl = image.array[k] > -500
+    lab, n = ndimage.label(sl)
+    if n == 0:
+        return None
+    sizes = ndimage.sum_labels(sl, lab, index=np.arange(1, n + 1))
+    body = lab == (int(np.argmax(sizes)) + 1)
+    j, i = np.nonzero(body)
+    # extremes along the patient x axis of the body region
+    ijk = np.stack([i, j, np.full_like(i, k), np.ones_like(i)], axis=1).astype(np.float64)
+    x = (ijk @ image.affine.T)[:, 0]
+    return float((x.min() + x.max()) / 2.0)
+
+
+def _check_grid(labels: Volume, other: Volume, what: str) -> None:
+    if labels.array.shape != other.array.shape or not np.allclose(labels.affine, other.affine, atol=1e-3):
+        raise FindingsError(
+            f"{what} grid {other.array.shape} does not match the label map grid {labels.array.shape} "
+            f"(series {other.series_instance_uid or '?'}): resample the model output to the source grid first"
+        )
+
+
+def extract_findings(
+    labels: Volume,
+    image: Optional[Volume] = None,
+    probability: Optional[Volume] = None,
+    label_specs: Optional[Sequence[LabelSpec]] = None,
+    *,
+    min_size_mm3: Optional[float] = None,
+    probability_reduce: str = "max",
+    thresholds: TypeThresholds = TypeThresholds(),
+    connectivity: int = 3,
+) -> list[Finding]:
+    """Connected components per label, each measured, largest first within a label.
+
+    ``min_size_mm3`` overrides every ``LabelSpec.min_size_mm3``. ``probability_reduce`` is "max"
+    (the detection score convention) or "mean" over the component's voxels. ``connectivity`` is the
+    scipy neighbourhood (1 = faces, 3 = faces+edges+corners)."""
+    if image is not None:
+        _check_grid(labels, image, "image")
+    if probability is not None:
+        _check_grid(labels, probability, "probability map")
+    if probability_reduce not in ("max", "mean"):
+        raise FindingsError(f"probability_reduce must be 'max' or 'mean', not {probability_reduce!r}")
+    arr = np.asarray(labels.array)
+    present = [int(v) for v in np.unique(arr) if v != 0]
+    specs = {s.value: s for s in (label_specs or [])}
+    for v in present:
+        specs.setdefault(v, LabelSpec(value=v, name=f"label {v}"))
+    vox_mm3 = labels.voxel_volume_mm3
+    structure = ndimage.generate_binary_structure(3, connectivity)
+    findings: list[Finding] = []
+    for v in present:
+        spec = specs[v]
+        min_mm3 = spec.min_size_mm3 if min_size_mm3 is None else min_size_mm3
+        comp, n = ndimage.label(arr == v, structure=structure)
+        if n == 0:
+            continue
+        counts = np.bincount(comp.ravel())[1:]
+        objects = ndimage.find_objects(comp)
+        order = np.argsort(-counts, kind="stable")
+        for idx in order:
+            if counts[idx] * vox_mm3 < min_mm3:
+                continue
+            bb = _expand(objects[idx], arr.shape, 3)
+            mask = comp[bb] == (idx + 1)
+            f = measure_component(
+                mask, bb, labels, image, probability, spec, probability_reduce=probability_reduce, thresholds=thresholds
+            )
+            findings.append(f)
+    for n, f in enumerate(findings, start=1):
+        f.id = f"F{n}"
+    return findings
+
+
+def _expand(bb: tuple[slice, ...], shape: tuple[int, ...], margin: int) -> tuple[slice, slice, slice]:
+    """The bounding box grown by ``margin`` voxels (clipped), so partial-volume voxels just outside
+    the mask and the background ring around it are in the crop."""
+    return tuple(  # type: ignore[return-value]
+        slice(max(0, s.start - margin), min(n, s.stop + margin)) for s, n in zip(bb, shape)
+    )
+
+
+def occupancy_field(mask: np.ndarray, hu: np.ndarray, min_contrast_hu: float = 200.0) -> Optional[np.ndarray]:
+    """Sub-voxel occupancy in [0, 1] from the partial-volume HU of the voxels along the mask edge.
+
+    Lesion (fg) and background (bg) levels are the medians of the mask interior and of a ring 2-3
+    voxels outside it; each edge voxel's occupancy is (HU - bg) / (fg - bg). Inside-edge voxels are
+    clamped to [0.5, 1] and outside-edge voxels to [0, 0.5), so the 0.5 outline always stays between
+    the same voxel centres as the binary mask's outline and only its sub-voxel position moves: an
+    adjacent vessel cannot pull the outline outwards. None when the contrast is too low to trust."""
+    inner = ndimage.binary_erosion(mask)
+    dil1 = ndimage.binary_dilation(mask)
+    ring = ndimage.binary_dilation(mask, iterations=3) & ~ndimage.binary_dilation(mask, iterations=2)
+    if not ring.any():
+        return None
+    fg = float(np.median(hu[inner] if inner.sum() >= 8 else hu[mask]))
+    bg = float(np.median(hu[ring]))
+    if fg - bg < min_contrast_hu:
+        return None
+    occ = np.clip((hu.astype(np.float32) - bg) / (fg - bg), 0.0, 1.0)
+    field = np.zeros(mask.shape, dtype=np.float32)
+    field[inner] = 1.0
+    edge_in = mask & ~inner
+    field[edge_in] = np.clip(occ[edge_in], 0.5, 1.0)
+    edge_out = dil1 & ~mask
+    field[edge_out] = np.clip(occ[edge_out], 0.0, 0.4999)
+    return field
+
+
+def measure_component(
+    mask: np.ndarray,
+    bbox: tuple[slice, slice, slice],
+    labels: Volume,
+    image: Optional[Volume],
+    probability: Optional[Volume],
+    spec: LabelSpec,
+    *,
+    probability_reduce: str = "max",
+    thresholds: TypeThresholds = TypeThresholds(),
+) -> Finding:
+    """All measurements of one component, given as a mask cropped to ``bbox`` (with a margin)."""
+    aff = labels.affine
+    off = (bbox[0].start, bbox[1].start, bbox[2].start)
+    hu = np.asarray(image.array[bbox]) if image is not None else None
+    field = occupancy_field(mask, hu) if hu is not None else None
+    k_used, axes = largest_axial_axes(mask, aff, off, field=field)
+    f = Finding(
+        id="",
+        label=spec.name,
+        label_value=spec.value,
+        center_lps_mm=centroid_lps(mask, aff, off),
+        volume_mm3=float(mask.sum()) * labels.voxel_volume_mm3,
+        long_axis_mm=axes.long_mm,
+        short_axis_mm=axes.short_mm,
+        mean_diameter_mm=axes.mean_mm,
+        max_3d_diameter_mm=max_3d_diameter(mask if field is None else field, aff, off),
+        slice_index=k_used,
+        long_axis_lps_mm=axes.long_lps,
+        short_axis_lps_mm=axes.short_lps,
+        finding_code=spec.finding_code,
+        site_code=spec.site_code,
+    )
+    if probability is not None:
+        p = np.asarray(probability.array[bbox])[mask].astype(np.float64)
+        f.probability = float(p.max() if probability_reduce == "max" else p.mean())
+    if hu is not None and image is not None:
+        v = hu[mask].astype(np.float64)
+        f.mean_hu = float(v.mean())
+        f.sd_hu = float(v.std(ddof=1)) if v.size > 1 else 0.0
+        if spec.is_lung_lesion:
+            _lung_attributes(f, mask, off, hu, labels, image, thresholds)
+    return f
+
+
+def _lung_attributes(
+    f: Finding,
+    mask: np.ndarray,
+    off: tuple[int, int, int],
+    hu: np.ndarray,
+    labels: Volume,
+    image: Volume,
+    th: TypeThresholds,
+) -> None:
+    """Nodule type, solid core and side."""
+    solid = mask & (hu > th.solid_hu)
+    interior = ndimage.binary_erosion(mask)
+    if not interior.any():
+        interior = mask
+    solid_fraction = float(solid[interior].mean())
+    core_mm = 0.0
+    core_axes: Optional[AxialAxes] = None
+    if solid.any():
+        comp, _n = ndimage.label(solid, structure=ndimage.generate_binary_structure(3, 3))
+        counts = np.bincount(comp.ravel())[1:]
+        core = comp == (int(np.argmax(counts)) + 1)
+        core_mm = float((6.0 * core.sum() * labels.voxel_volume_mm3 / np.pi) ** (1.0 / 3.0))
+        _k, core_axes = largest_axial_axes(core, labels.affine, off)
+    if solid_fraction >= th.solid_fraction:
+        f.type = "solid"
+    elif core_mm >= th.min_core_mm and core_axes is not None:
+        f.type = "part-solid"
+        f.solid_core_mean_diameter_mm = core_axes.mean_mm
+    else:
+        f.type = "ground-glass"
+    # side: LPS +x is the patient's left
+    mid = body_midline_x_lps(image, int(f.slice_index or 0))
+    if mid is not None:
+        f.side = "left" if f.center_lps_mm[0] > mid else "right"
+        if f.site_code is None:
+            f.site_code = LEFT_LUNG if f.side == "left" else RIGHT_LUNG
+    if not f.location:
+        for lobe in LOBES:
+            if lobe in f.label.lower():
+                f.location = lobe
+                f.site_code = LOBES[lobe]
+                break
+
+
+def iter_label_specs(labels: Mapping[int, str] | Iterable[LabelSpec]) -> list[LabelSpec]:
+    """LabelSpecs from a model card's ``{value: name}`` map (or pass LabelSpecs through)."""
+    if isinstance(labels, Mapping):
+        return [LabelSpec(value=int(v), name=str(n)) for v, n in labels.items()]
+    return list(labels)
