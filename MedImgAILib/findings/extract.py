@@ -135,8 +135,13 @@ def extract_findings(
     probability_reduce: str = "max",
     thresholds: TypeThresholds = TypeThresholds(),
     connectivity: int = 3,
-) -> list[Finding]:
+    return_instance_map: bool = False,
+) -> list[Finding] | tuple[list[Finding], np.ndarray]:
     """Connected components per label, each measured, largest first within a label.
+
+    With ``return_instance_map`` also returns a uint16 [k, j, i] map holding n at the voxels of the
+    n-th finding (``F<n>``) and 0 elsewhere (dropped components included): the SEG's input, one
+    segment per finding, so that each SR measurement group references exactly its own lesion.
 
     ``min_size_mm3`` overrides every ``LabelSpec.min_size_mm3``. ``probability_reduce`` is "max"
     (the detection score convention) or "mean" over the component's voxels. ``connectivity`` is the
@@ -155,6 +160,7 @@ def extract_findings(
     vox_mm3 = labels.voxel_volume_mm3
     structure = ndimage.generate_binary_structure(3, connectivity)
     findings: list[Finding] = []
+    instance = np.zeros(arr.shape, dtype=np.uint16) if return_instance_map else None
     for v in present:
         spec = specs[v]
         min_mm3 = spec.min_size_mm3 if min_size_mm3 is None else min_size_mm3
@@ -173,8 +179,12 @@ def extract_findings(
                 mask, bb, labels, image, probability, spec, probability_reduce=probability_reduce, thresholds=thresholds
             )
             findings.append(f)
+            if instance is not None:
+                instance[bb][mask] = len(findings)
     for n, f in enumerate(findings, start=1):
         f.id = f"F{n}"
+    if instance is not None:
+        return findings, instance
     return findings
 
 

@@ -106,3 +106,57 @@ def load_ct_series(paths) -> tuple[Volume, list]:
         source_frame_numbers=[1] * len(dss), source_sop_class_uid=dss[0].SOPClassUID,
     )
     return vol, dss
+
+
+def write_ct_series(volume: Volume, folder, *, patient_name: str = "Phantom^Analytic", study_uid: str = "",
+                    series_uid: str = "", frame_uid: str = "") -> list:
+    """Write ``volume`` (HU) as a single-frame CT series and record the source UIDs in it; returns
+    the file paths in k order. Enough of the CT Image IOD for SEG/SR/SC creation and readers."""
+    from pathlib import Path
+
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    study_uid, series_uid = study_uid or generate_uid(), series_uid or generate_uid()
+    frame_uid = frame_uid or generate_uid()
+    d = volume.direction
+    sx, sy, _sz = volume.spacing
+    paths, uids = [], []
+    for k in range(volume.array.shape[0]):
+        ds = pydicom.Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds.SOPClassUID = CTImageStorage
+        ds.SpecificCharacterSet = "ISO_IR 100"
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = patient_name, "PHANTOM-1", "19600101", "O"
+        ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime = study_uid, "20260101", "120000"
+        ds.ReferringPhysicianName, ds.StudyID, ds.AccessionNumber = "", "1", "A1"
+        ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber = "CT", series_uid, 2
+        ds.FrameOfReferenceUID, ds.PositionReferenceIndicator = frame_uid, ""
+        ds.Manufacturer = "MedImgAI test"
+        ds.InstanceNumber = k + 1
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.ImagePositionPatient = [f"{v:.6f}" for v in volume.ijk_to_lps([0, 0, k])]
+        ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*d[:, 0], *d[:, 1])]
+        ds.PixelSpacing = [f"{sy:.6f}", f"{sx:.6f}"]
+        ds.SliceThickness = f"{volume.spacing[2]:.6f}"
+        ds.Rows, ds.Columns = volume.array.shape[1], volume.array.shape[2]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.RescaleIntercept, ds.RescaleSlope, ds.RescaleType = "0", "1", "HU"
+        ds.KVP, ds.AcquisitionNumber = "120", 1
+        ds.PixelData = np.round(volume.array[k]).astype(np.int16).tobytes()
+        p = folder / f"ct_{k:04d}.dcm"
+        ds.save_as(p, enforce_file_format=True)
+        paths.append(p)
+        uids.append(ds.SOPInstanceUID)
+    volume.series_instance_uid, volume.study_instance_uid = series_uid, study_uid
+    volume.frame_of_reference_uid, volume.modality = frame_uid, "CT"
+    volume.source_sop_instance_uids, volume.source_frame_numbers = uids, [1] * len(uids)
+    volume.source_sop_class_uid = CTImageStorage
+    return paths
