@@ -4,8 +4,10 @@ and atomic writing."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
+import warnings
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,6 +147,15 @@ def check_label_grid(labels: Volume, sources: Sequence[Dataset]) -> None:
                 f"label map slice k={k} lies at {labels.ijk_to_lps([0, 0, k]).round(3).tolist()} but source "
                 f"instance {sources[k].SOPInstanceUID} at {ipp.round(3).tolist()}"
             )
+
+
+@contextlib.contextmanager
+def quiet_phi_warnings():
+    """highdicom warns about unusual person names *with the name in the message*: keep PHI out of
+    ordinary logs by silencing exactly that warning while objects are built."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*unlikely to represent the intended person name.*")
+        yield
 
 
 def write_atomic(ds: Dataset, path: str | os.PathLike[str]) -> Path:

@@ -21,7 +21,7 @@ from skimage.measure import find_contours
 from ..errors import ExportError
 from ..results import Finding
 from ..volume import Volume
-from .common import DeviceInfo, ExportUIDs, add_related_series, write_atomic
+from .common import quiet_phi_warnings, DeviceInfo, ExportUIDs, add_related_series, write_atomic
 
 LUNG_WINDOW = (-600.0, 1500.0)  # centre, width
 SOFT_TISSUE_WINDOW = (40.0, 400.0)
@@ -124,21 +124,22 @@ def build_key_images(
         ref = sources[int(f.slice_index)]  # type: ignore[arg-type]
         row_sp, col_sp = (float(x) for x in ref.PixelSpacing)
         iop = np.asarray(ref.ImageOrientationPatient, dtype=np.float64)
-        sc = hd.sc.SCImage.from_ref_dataset(
-            ref_dataset=ref,
-            pixel_array=rgb,
-            photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
-            bits_allocated=8,
-            coordinate_system=hd.CoordinateSystemNames.PATIENT,
-            series_instance_uid=uids.key_image_series,
-            series_number=series_number,
-            sop_instance_uid=generate_uid(),
-            instance_number=n,
-            manufacturer=device.manufacturer,
-            pixel_spacing=(row_sp / scale, col_sp / scale),
-            patient_orientation=(_orientation_letters(iop[:3]), _orientation_letters(iop[3:])),
-            series_description=f"AI key images {device.model_id}"[:64],
-        )
+        with quiet_phi_warnings():
+            sc = hd.sc.SCImage.from_ref_dataset(
+                ref_dataset=ref,
+                pixel_array=rgb,
+                photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
+                bits_allocated=8,
+                coordinate_system=hd.CoordinateSystemNames.PATIENT,
+                series_instance_uid=uids.key_image_series,
+                series_number=series_number,
+                sop_instance_uid=generate_uid(),
+                instance_number=n,
+                manufacturer=device.manufacturer,
+                pixel_spacing=(row_sp / scale, col_sp / scale),
+                patient_orientation=(_orientation_letters(iop[:3]), _orientation_letters(iop[3:])),
+                series_description=f"AI key images {device.model_id}"[:64],
+            )
         sc.BurnedInAnnotation = "NO"
         if "Laterality" not in sc:  # Type 2C in General Series: present, empty = not a paired organ image
             sc.Laterality = None

@@ -20,7 +20,7 @@ from ..errors import ExportError
 from ..findings.extract import LabelSpec
 from ..results import Code, Finding
 from ..volume import Volume
-from .common import DeviceInfo, ExportUIDs, add_related_series, check_label_grid, hd_code, write_atomic
+from .common import quiet_phi_warnings, DeviceInfo, ExportUIDs, add_related_series, check_label_grid, hd_code, write_atomic
 
 
 @dataclass
@@ -138,25 +138,26 @@ def build_seg(
                 anatomic_regions=[hd_code(s.anatomic_region, "anatomic region")] if s.anatomic_region else None,
             )
         )
-    seg = hd.seg.Segmentation(
-        source_images=list(sources),
-        pixel_array=seg_map,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions,
-        series_instance_uid=uids.seg_series,
-        series_number=series_number,
-        sop_instance_uid=uids.seg_instance,
-        instance_number=1,
-        manufacturer=device.manufacturer,
-        manufacturer_model_name=device.model_id[:64],
-        software_versions=device.software_version,
-        device_serial_number=device.model_version[:64],
-        content_label="AI_SEG",
-        content_description=(series_description or f"{device.model_id} {device.model_version}")[:64],
-        series_description=(series_description or f"AI segmentation {device.model_id}")[:64],
-        omit_empty_frames=True,
-        workers=workers,
-    )
+    with quiet_phi_warnings():
+        seg = hd.seg.Segmentation(
+            source_images=list(sources),
+            pixel_array=seg_map,
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions,
+            series_instance_uid=uids.seg_series,
+            series_number=series_number,
+            sop_instance_uid=uids.seg_instance,
+            instance_number=1,
+            manufacturer=device.manufacturer,
+            manufacturer_model_name=device.model_id[:64],
+            software_versions=device.software_version,
+            device_serial_number=device.model_version[:64],
+            content_label="AI_SEG",
+            content_description=(series_description or f"{device.model_id} {device.model_version}")[:64],
+            series_description=(series_description or f"AI segmentation {device.model_id}")[:64],
+            omit_empty_frames=True,
+            workers=workers,
+        )
     if related_series:
         add_related_series(seg, seg.StudyInstanceUID, related_series)
     return seg

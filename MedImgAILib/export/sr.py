@@ -20,7 +20,7 @@ from pydicom.sr.codedict import codes
 
 from ..errors import ExportError
 from ..results import Category, Code, Finding
-from .common import PRIVATE_SCHEME, DeviceInfo, ExportUIDs, add_private_scheme, hd_code, write_atomic
+from .common import quiet_phi_warnings, PRIVATE_SCHEME, DeviceInfo, ExportUIDs, add_private_scheme, hd_code, write_atomic
 
 MM = codes.UCUM.Millimeter
 MM3 = codes.UCUM.CubicMillimeter
@@ -200,21 +200,22 @@ def build_sr(
         imaging_measurements=groups,
     )
     verified = bool(person_observer)
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=[*seg_items, *sources, *extra_evidence],
-        content=report,
-        series_instance_uid=uids.sr_series,
-        series_number=series_number,
-        sop_instance_uid=uids.sr_instance,
-        instance_number=1,
-        manufacturer=device.manufacturer,
-        is_complete=True,
-        is_final=verified,
-        is_verified=verified,
-        verifying_observer_name=person_observer if verified else None,
-        verifying_organization=(verifying_organization or "Unknown") if verified else None,
-        series_description=f"AI measurements {device.model_id}"[:64],
-    )
+    with quiet_phi_warnings():
+        sr = hd.sr.Comprehensive3DSR(
+            evidence=[*seg_items, *sources, *extra_evidence],
+            content=report,
+            series_instance_uid=uids.sr_series,
+            series_number=series_number,
+            sop_instance_uid=uids.sr_instance,
+            instance_number=1,
+            manufacturer=device.manufacturer,
+            is_complete=True,
+            is_final=verified,
+            is_verified=verified,
+            verifying_observer_name=person_observer if verified else None,
+            verifying_organization=(verifying_organization or "Unknown") if verified else None,
+            series_description=f"AI measurements {device.model_id}"[:64],
+        )
     if any(f.categories for f in findings) or study_measurements:
         add_private_scheme(sr)
     # The SR Document Series module has no Related Series Sequence: the SR names the SEG (content

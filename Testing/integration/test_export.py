@@ -312,3 +312,17 @@ def test_study_without_findings_gets_an_sr_and_no_seg(study, tmp_path, dciodvfy)
     (group,) = content.get_image_measurement_groups()
     (ev,) = group.get_qualitative_evaluations()
     assert (ev.name.meaning, ev.value.meaning) == ("Nodule", "Absent")
+
+
+def test_no_patient_name_in_warnings_or_logs(ct3slice_dir, tmp_path, recwarn, caplog):
+    """The real file's single-component name makes highdicom warn with the name in the text: that
+    warning must not reach ordinary logs."""
+    paths = sorted(ct3slice_dir.glob("0?.dcm"))
+    ct, _ = load_ct_series(paths)
+    liver = sitk.GetArrayFromImage(sitk.ReadImage(str(ct3slice_dir / "liver_seg.nrrd"))).astype(np.uint8)
+    spec = LabelSpec(1, "Liver", finding_code=Code(value="10200004", scheme="SCT", meaning="Liver"),
+                     is_lung_lesion=False)
+    fs, inst = extract_findings(ct.with_array(liver), ct, label_specs=[spec], return_instance_map=True)
+    export_study(tmp_path, ct, inst, fs[:1], paths, DEVICE, label_specs=[spec])
+    texts = [str(w.message) for w in recwarn] + [r.getMessage() for r in caplog.records]
+    assert not any("JANCT000" in t for t in texts)
