@@ -108,13 +108,20 @@ def build_seg(
             raise ExportError(f"label map {arr.shape} does not match {len(sources)} source images")
     if not segments:
         raise ExportError("no segments to export (no findings above the minimum size?)")
-    max_value = int(max(s.value for s in segments))
-    # map label values -> segment numbers 1..N with one look-up table pass (values outside -> 0)
-    lut = np.zeros(max(int(arr.max()), max_value) + 1, dtype=np.uint8 if len(segments) < 256 else np.uint16)
-    for n, s in enumerate(segments, start=1):
-        lut[s.value] = n
-    seg_map = lut[arr]
-    present = np.bincount(seg_map.ravel(), minlength=len(segments) + 1)
+    n_seg = len(segments)
+    values = [int(s.value) for s in segments]
+    # Which values occur: count only the labelled voxels (a full-volume bincount would widen all
+    # 512x512x300 voxels to int64 first; this touches only the few percent that are labelled).
+    labelled = arr[arr > 0]
+    counts = np.bincount(labelled.ravel(), minlength=max(values) + 1) if labelled.size else np.zeros(max(values) + 1)
+    if values == list(range(1, n_seg + 1)) and int(labelled.max(initial=0)) <= n_seg and arr.dtype in (np.uint8, np.uint16):
+        seg_map = arr  # already segment numbers 1..N: no copy
+    else:  # map label values -> segment numbers 1..N with one look-up table pass (others -> 0)
+        lut = np.zeros(max(int(arr.max()), max(values)) + 1, dtype=np.uint8 if n_seg < 256 else np.uint16)
+        for n, v in enumerate(values, start=1):
+            lut[v] = n
+        seg_map = lut[arr]
+    present = [int(counts[v]) for v in values]
     algorithm = hd.AlgorithmIdentificationSequence(
         name=device.model_id[:64],
         family=hd_code(device.algorithm_family, "algorithm family"),
@@ -123,7 +130,7 @@ def build_seg(
     )
     descriptions = []
     for n, s in enumerate(segments, start=1):
-        if present[n] == 0:
+        if present[n - 1] == 0:
             raise ExportError(f"segment {n} ({s.label}) has no voxels with value {s.value} in the label map")
         descriptions.append(
             hd.seg.SegmentDescription(
