@@ -50,7 +50,7 @@ def export_study(
     person_observer: Optional[str] = None,
     key_images: bool = True,
 ) -> ExportedObjects:
-    """SEG (one segment per finding; ``instance_map`` value n = findings[n-1]), SR and key images
+    """SEG (one segment per finding: its ``instance_value`` voxels in ``instance_map``), SR and key images
     into ``out_dir`` as seg.dcm, sr.dcm and key_images/key_NNN.dcm."""
     out = Path(out_dir)
     uids = ExportUIDs()

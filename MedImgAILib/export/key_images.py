@@ -112,13 +112,13 @@ def build_key_images(
     scale: int = 2,
 ) -> list[hd.sc.SCImage]:
     """One true-colour SC per finding, on the finding's measured slice; ``sources`` in the image's k
-    order. ``instance_map`` (value n = findings[n-1]) draws the outlines."""
+    order. ``instance_map`` (value ``Finding.instance_value``) draws the outlines."""
     uids = uids or ExportUIDs()
     if len(sources) != image.array.shape[0]:
         raise ExportError(f"{len(sources)} source images for a volume of {image.array.shape[0]} slices")
     out = []
     for n, f in enumerate(findings, start=1):
-        mask = (instance_map == n) if instance_map is not None else None
+        mask = (instance_map == (f.instance_value or n)) if instance_map is not None else None
         win = window or (LUNG_WINDOW if f.type else SOFT_TISSUE_WINDOW)
         rgb = render_key_image(image, f, mask, win, scale)
         ref = sources[int(f.slice_index)]  # type: ignore[arg-type]

@@ -37,8 +37,9 @@ class SegmentSpec:
 
 
 def segments_from_findings(findings: Sequence[Finding], specs: Sequence[LabelSpec] = ()) -> list[SegmentSpec]:
-    """One segment per finding (instance map value n = finding n). Assigns each finding a tracking
-    UID when it has none, so the SR can carry the same one."""
+    """One segment per finding; its voxels are ``Finding.instance_value`` in the instance map (the
+    finding's 1-based position when that is unset). Segment n is findings[n-1]. Assigns each finding
+    a tracking UID when it has none, so the SR can carry the same one."""
     by_value = {s.value: s for s in specs}
     out = []
     for n, f in enumerate(findings, start=1):
@@ -53,7 +54,7 @@ def segments_from_findings(findings: Sequence[Finding], specs: Sequence[LabelSpe
             raise ExportError(f"finding {f.id} ({f.label}) type has no code (value, scheme and meaning are needed)")
         out.append(
             SegmentSpec(
-                value=n,
+                value=f.instance_value or n,
                 label=f"{f.id} {f.label}"[:64],
                 category=category,
                 type=finding_type,

@@ -136,6 +136,7 @@ def extract_findings(
     thresholds: TypeThresholds = TypeThresholds(),
     connectivity: int = 3,
     return_instance_map: bool = False,
+    partial_volume: bool = True,
 ) -> list[Finding] | tuple[list[Finding], np.ndarray]:
     """Connected components per label, each measured, largest first within a label.
 
@@ -145,7 +146,8 @@ def extract_findings(
 
     ``min_size_mm3`` overrides every ``LabelSpec.min_size_mm3``. ``probability_reduce`` is "max"
     (the detection score convention) or "mean" over the component's voxels. ``connectivity`` is the
-    scipy neighbourhood (1 = faces, 3 = faces+edges+corners)."""
+    scipy neighbourhood (1 = faces, 3 = faces+edges+corners). ``partial_volume`` (with an image):
+    volumes from partial-volume occupancy (``partial_volume_mm3``) instead of voxel counts."""
     if image is not None:
         _check_grid(labels, image, "image")
     if probability is not None:
@@ -176,13 +178,15 @@ def extract_findings(
             bb = _expand(objects[idx], arr.shape, 3)
             mask = comp[bb] == (idx + 1)
             f = measure_component(
-                mask, bb, labels, image, probability, spec, probability_reduce=probability_reduce, thresholds=thresholds
+                mask, bb, labels, image, probability, spec, probability_reduce=probability_reduce, thresholds=thresholds,
+                partial_volume=partial_volume,
             )
             findings.append(f)
             if instance is not None:
                 instance[bb][mask] = len(findings)
     for n, f in enumerate(findings, start=1):
         f.id = f"F{n}"
+        f.instance_value = n  # its value in the instance map (results.Outputs.instance_map)
     if instance is not None:
         return findings, instance
     return findings
@@ -219,8 +223,36 @@ def occupancy_field(mask: np.ndarray, hu: np.ndarray, min_contrast_hu: float = 2
     edge_in = mask & ~inner
     field[edge_in] = np.clip(occ[edge_in], 0.5, 1.0)
     edge_out = dil1 & ~mask
-    field[edge_out] = np.clip(occ[edge_out], 0.0, 0.4999)
+    out_occ = occ[edge_out]
+    field[edge_out] = np.where(out_occ >= 0.5, 0.0, out_occ)
     return field
+
+
+def partial_volume_mm3(
+    mask: np.ndarray, hu: np.ndarray, voxel_mm3: float, min_contrast_hu: float = 200.0
+) -> Optional[float]:
+    """Partial-volume-aware volume: interior voxels count 1, voxels on either side of the mask edge
+    count their occupancy (HU - bg) / (fg - bg). Blur (the scanner's PSF and slice profile)
+    conserves this sum, so the estimate does not shrink small nodules the way a half-way threshold
+    does; occupancies are not clipped at 0 so that noise in the background ring averages out.
+    Outside voxels brighter than half-way are another structure (vessel, pleura) and count 0.
+    None when the lesion/background contrast is too low to trust (then: voxel count)."""
+    full = ndimage.generate_binary_structure(3, 3)
+    inner = ndimage.binary_erosion(mask)
+    ring = ndimage.binary_dilation(mask, iterations=3) & ~ndimage.binary_dilation(mask, iterations=2)
+    if not ring.any() or inner.sum() < 8:
+        return None
+    fg = float(np.median(hu[inner]))
+    bg = float(np.median(hu[ring]))
+    if fg - bg < min_contrast_hu:
+        return None
+    occ = (hu.astype(np.float64) - bg) / (fg - bg)
+    edge_in = mask & ~inner
+    shell = ndimage.binary_dilation(mask, structure=full) & ~mask
+    o_in = np.clip(occ[edge_in], -0.5, 1.5)
+    o_out = occ[shell]
+    o_out = np.where(o_out >= 0.5, 0.0, np.maximum(o_out, -0.5))
+    return float(inner.sum() + o_in.sum() + o_out.sum()) * voxel_mm3
 
 
 def measure_component(
@@ -233,6 +265,7 @@ def measure_component(
     *,
     probability_reduce: str = "max",
     thresholds: TypeThresholds = TypeThresholds(),
+    partial_volume: bool = True,
 ) -> Finding:
     """All measurements of one component, given as a mask cropped to ``bbox`` (with a margin)."""
     aff = labels.affine
@@ -245,7 +278,7 @@ def measure_component(
         label=spec.name,
         label_value=spec.value,
         center_lps_mm=centroid_lps(mask, aff, off),
-        volume_mm3=float(mask.sum()) * labels.voxel_volume_mm3,
+        volume_mm3=_volume_mm3(mask, hu, labels.voxel_volume_mm3, partial_volume),
         long_axis_mm=axes.long_mm,
         short_axis_mm=axes.short_mm,
         mean_diameter_mm=axes.mean_mm,
@@ -268,6 +301,14 @@ def measure_component(
     return f
 
 
+def _volume_mm3(mask: np.ndarray, hu: Optional[np.ndarray], voxel_mm3: float, partial_volume: bool) -> float:
+    if partial_volume and hu is not None:
+        v = partial_volume_mm3(mask, hu, voxel_mm3)
+        if v is not None:
+            return v
+    return float(mask.sum()) * voxel_mm3
+
+
 def _lung_attributes(
     f: Finding,
     mask: np.ndarray,
@@ -277,7 +318,7 @@ def _lung_attributes(
     image: Volume,
     th: TypeThresholds,
 ) -> None:
-    """Nodule type, solid core and side."""
+    """Nodule type, solid core (enclosed solid tissue, vessels excluded) and side."""
     solid = mask & (hu > th.solid_hu)
     interior = ndimage.binary_erosion(mask)
     if not interior.any():
@@ -285,8 +326,20 @@ def _lung_attributes(
     solid_fraction = float(solid[interior].mean())
     core_mm = 0.0
     core_axes: Optional[AxialAxes] = None
+    # A solid core is enclosed by the ground-glass part. Solid tissue that continues outside the
+    # lesion (a vessel running into it, the pleura) is not a core: drop solid components that are
+    # connected, through solid voxels, to solid tissue beyond the lesion's edge.
+    # Thin solid structures (vessels up to ~2 voxels across) are removed by an opening first, which
+    # also cuts a core loose from a vessel that leads to it.
+    full = ndimage.generate_binary_structure(3, 3)
+    opened = ndimage.binary_opening(hu > th.solid_hu, structure=ndimage.generate_binary_structure(3, 1))
+    solid = solid & opened
+    solid_all, _n = ndimage.label(opened, structure=full)
+    outside = ~ndimage.binary_dilation(mask, structure=full)
+    external = np.unique(solid_all[outside & (solid_all > 0)])
+    solid = solid & ~np.isin(solid_all, external)
     if solid.any():
-        comp, _n = ndimage.label(solid, structure=ndimage.generate_binary_structure(3, 3))
+        comp, _n = ndimage.label(solid, structure=full)
         counts = np.bincount(comp.ravel())[1:]
         core = comp == (int(np.argmax(counts)) + 1)
         core_mm = float((6.0 * core.sum() * labels.voxel_volume_mm3 / np.pi) ** (1.0 / 3.0))
