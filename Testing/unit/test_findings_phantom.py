@@ -36,16 +36,24 @@ def case():
 
 def inside_inflated_truth(vol, t: dict, margin_mm: float) -> np.ndarray:
     """Voxels within ``margin_mm`` (approximately, for the ellipsoid) of the truth shape: the
-    ellipsoid with each semi-axis grown by the margin, united with the grown lobules."""
-    k, j, i = np.indices(vol.array.shape)
-    p = np.stack([i, j, k], axis=-1).reshape(-1, 3).astype(np.float64) @ vol.affine[:3, :3].T + vol.affine[:3, 3]
+    ellipsoid with each semi-axis grown by the margin, united with the grown lobules. Evaluated in
+    the box around the nodule only."""
     c = np.asarray(t["center_lps_mm"])
+    reach = max(t["semi_axes_mm"]) + max([np.linalg.norm(np.asarray(lob["center_lps_mm"]) - c) + lob["radius_mm"]
+                                          for lob in t["lobules"]] + [0.0]) + margin_mm + 1.0
+    lo = np.floor(vol.lps_to_ijk(c - reach)).astype(int)
+    hi = np.ceil(vol.lps_to_ijk(c + reach)).astype(int) + 1
+    lo, hi = np.maximum(np.minimum(lo, hi), 0), np.minimum(np.maximum(lo, hi), vol.shape_ijk)
+    i, j, k = np.meshgrid(*(np.arange(a, b) for a, b in zip(lo, hi)), indexing="ij")
+    p = np.stack([i, j, k], axis=-1).reshape(-1, 3).astype(np.float64) @ vol.affine[:3, :3].T + vol.affine[:3, 3]
     axes = np.asarray(t["axes_direction_lps"])  # rows: unit axis vectors
     q = (p - c) @ axes.T
     inside = ((q / (np.asarray(t["semi_axes_mm"]) + margin_mm)) ** 2).sum(axis=1) <= 1.0
     for lob in t["lobules"]:
         inside |= np.linalg.norm(p - np.asarray(lob["center_lps_mm"]), axis=1) <= lob["radius_mm"] + margin_mm
-    return inside.reshape(vol.array.shape)
+    out = np.zeros(vol.array.shape, dtype=bool)
+    out[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] = inside.reshape(i.shape).transpose(2, 1, 0)
+    return out
 
 
 def segment_from_hu(vol, t: dict) -> np.ndarray:
