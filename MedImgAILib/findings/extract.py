@@ -117,6 +117,28 @@ def body_midline_x_lps(image: Volume, k: int) -> Optional[float]:
     return float((x.min() + x.max()) / 2.0)
 
 
+def pleural_contact_fraction(image: Volume, mask: np.ndarray, off: tuple[int, int, int], k: int) -> float:
+    """Fraction of the lesion's area on slice k that is continuous with the chest wall or the
+    mediastinum rather than enclosed by lung.
+
+    On the slice: body = largest region > -500 HU (holes filled); lung cavity = the body's air
+    (<= -500 HU) with its holes filled, which takes in everything surrounded by lung (vessels seen in
+    cross-section, free nodules); wall = body outside the cavity. A nodule attached to the pleura is
+    not enclosed by air, so its voxels are wall. A heuristic (vessels running in-plane to the hilum
+    can join a nodule to the mediastinum): it sets ``Finding.juxtapleural`` at >= 10 %."""
+    sl = np.asarray(image.array[k])
+    lab, n = ndimage.label(sl > -500)
+    if n == 0:
+        return 0.0
+    sizes = ndimage.sum_labels(np.ones(sl.shape), lab, index=np.arange(1, n + 1))
+    body = ndimage.binary_fill_holes(lab == (int(np.argmax(sizes)) + 1))
+    cavity = ndimage.binary_fill_holes(body & (sl <= -500))
+    wall = body & ~cavity
+    m = mask[k - off[0]]
+    crop = wall[off[1] : off[1] + m.shape[0], off[2] : off[2] + m.shape[1]]
+    return float((m & crop).sum()) / max(int(m.sum()), 1)
+
+
 def _check_grid(labels: Volume, other: Volume, what: str) -> None:
     if labels.array.shape != other.array.shape or not np.allclose(labels.affine, other.affine, atol=1e-3):
         raise FindingsError(
@@ -351,6 +373,7 @@ def _lung_attributes(
         f.solid_core_mean_diameter_mm = core_axes.mean_mm
     else:
         f.type = "ground-glass"
+    f.juxtapleural = bool(pleural_contact_fraction(image, mask, off, int(f.slice_index or 0)) >= 0.1)
     # side: LPS +x is the patient's left
     mid = body_midline_x_lps(image, int(f.slice_index or 0))
     if mid is not None:

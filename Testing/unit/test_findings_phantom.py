@@ -93,3 +93,23 @@ def test_phantom_nodules_meet_the_accuracy_target(case):
             assert abs(f.solid_core_mean_diameter_mm - t["solid_core_diameter_mm"]) < 1.0, what
         if t["shape"] == "sphere":
             assert np.allclose(f.center_lps_mm, t["center_lps_mm"], atol=0.5), what
+
+
+def test_juxtapleural_nodules_are_flagged():
+    """Phantom nodules attached to the costal pleura (placed by the generator) against free ones."""
+    spec = PhantomSpec(seed=5, vary_anatomy=False,
+                       nodules=[NoduleSpec(type="solid", diameter_mm=9.0, juxtapleural=True, side="left"),
+                                NoduleSpec(type="part_solid", diameter_mm=12.0, juxtapleural=True, side="right"),
+                                NoduleSpec(type="solid", diameter_mm=8.0, center_lps_mm=(-95.0, 25.0, 0.3)),
+                                NoduleSpec(type="ground_glass", diameter_mm=12.0, center_lps_mm=(60.0, 30.0, -5.0))],
+                       acquisition=AcquisitionSpec(slice_thickness_mm=2.5, matrix=256))
+    case = generate_phantom(spec, with_labels=False)
+    vol = case.volume
+    labels = np.zeros(vol.array.shape, dtype=np.uint8)
+    for t in case.truth["nodules"]:
+        labels[segment_from_hu(vol, t)] = 1
+    findings = extract_findings(vol.with_array(labels), vol)
+    assert len(findings) == 4
+    for t in case.truth["nodules"]:
+        f = min(findings, key=lambda f: np.linalg.norm(np.asarray(f.center_lps_mm) - t["center_lps_mm"]))
+        assert f.juxtapleural is t["juxtapleural"], f"nodule {t['id']}"
