@@ -101,6 +101,10 @@ def growth(
         "long_axis_mm": p.long_axis_mm,
         "volume_mm3": p.volume_mm3,
         "type": p.type,
+        "solid_core_mean_diameter_mm": p.solid_core_mean_diameter_mm,
+        # the prior's categories by system ("Lung-RADS" -> "4A"); the rules engine keys them by its
+        # rule-set id, which this earlier stage does not know: the pipeline maps them
+        "categories_by_system": {c.system: c.value for c in p.categories},
         "mean_diameter_change_mm": diff(f.mean_diameter_mm, p.mean_diameter_mm),
         "long_axis_change_mm": diff(f.long_axis_mm, p.long_axis_mm),
         "volume_change_mm3": diff(f.volume_mm3, p.volume_mm3),

@@ -16,7 +16,7 @@ from MedImgAILib.findings import (
     match_prior,
     volume_doubling_time_days,
 )
-from MedImgAILib.results import AnalysisResult, Finding
+from MedImgAILib.results import AnalysisResult, Category, Finding
 from MedImgAILib.volume import Volume, affine_from_geometry
 from Testing.unit._analytic_shapes import Ellipsoid, halfway_mask, load_ct_series, lung_image
 
@@ -181,7 +181,8 @@ def test_label_map_on_another_grid_is_refused():
 
 def test_prior_matching_reports_growth_and_volume_doubling_time(tmp_path):
     prior = Finding(id="F1", label="nodule", center_lps_mm=[10.0, 0.0, 0.0], volume_mm3=100.0,
-                    mean_diameter_mm=6.0, long_axis_mm=6.5, tracking_uid="1.2.3.9")
+                    mean_diameter_mm=6.0, long_axis_mm=6.5, tracking_uid="1.2.3.9", type="solid",
+                    categories=[Category(system="Lung-RADS", version="v2022", value="3")])
     far = Finding(id="F2", label="nodule", center_lps_mm=[-60.0, 0.0, 0.0], volume_mm3=50.0, mean_diameter_mm=5.0)
     path = AnalysisResult(study_instance_uid="1.2.3", findings=[prior, far]).write(tmp_path / "findings.json")
     cur = [
@@ -199,6 +200,7 @@ def test_prior_matching_reports_growth_and_volume_doubling_time(tmp_path):
     assert g["volume_change_percent"] == pytest.approx(100.0)
     assert g["volume_doubling_time_days"] == pytest.approx(360.0)  # doubled in 360 days
     assert g["distance_mm"] == pytest.approx(math.sqrt(5))
+    assert g["mean_diameter_mm"] == 6.0 and g["type"] == "solid" and g["categories_by_system"] == {"Lung-RADS": "3"}
     assert cur[1].prior is None  # 120 mm away: not the same nodule
 
 
