@@ -360,13 +360,12 @@ def label_specs_for(card: Any) -> list[Any]:
 
 
 def _findings(card: Any, volume: Volume, inference: Any) -> tuple[list[Any], np.ndarray]:
-    from .findings.extract import extract_findings, instance_map_for
+    from .findings.extract import extract_findings
 
     labels = inference.labels
     probs = getattr(inference.prediction, "probabilities", None)
     prob_vol = probs if isinstance(probs, Volume) and probs.array.shape == labels.array.shape else None
-    findings = extract_findings(labels, volume, prob_vol, label_specs_for(card))
-    instance_map = instance_map_for(labels, findings)
+    findings, instance_map = extract_findings(labels, volume, prob_vol, label_specs_for(card), return_instance_map=True)
     return findings, instance_map
 
 
@@ -385,13 +384,16 @@ def _priors(result: AnalysisResult, metadata: Any, opts: AnalysisOptions) -> Non
     priors = opts.store.priors(pid, before_date=date, model_id=result.model.id if result.model else None)
     if not priors:
         return
-    from .findings.prior import growth, interval_days, match_prior
+    from .findings.prior import interval_days, match_prior
+    from .rules.library import list_rule_sets
 
     prior_date, prior = priors[0]
-    days = interval_days(prior_date, date)
-    for f, p in match_prior(result.findings, prior.findings):
-        if p is not None:
-            f.prior = growth(f, p, days)
+    match_prior(result.findings, prior, interval_days=interval_days(prior_date, date))
+    # the rules engine reads a prior's categories by rule-set id; findings recorded them by system
+    ids_by_system = {rs.system: rs.id for rs in list_rule_sets()}
+    for f in result.findings:
+        if f.prior:
+            f.prior["categories"] = {ids_by_system.get(k, k): v for k, v in f.prior.get("categories_by_system", {}).items()}
     result.context["prior_study_date"] = prior_date
 
 
@@ -410,8 +412,10 @@ def _rules(result: AnalysisResult, card: Any, metadata: Any, opts: AnalysisOptio
     if not names:
         return
     ctx = infer_context(metadata, opts.context or None)
+    kept = dict(result.context)  # apply_to replaces the context with the rules' view of it
     for name in names:
         evaluate(result.findings, ctx, name).apply_to(result, ctx)
+    result.context = {**kept, **result.context}
 
 
 def _write_maps(work: Path, volume: Volume, labels: np.ndarray, instance_map: np.ndarray) -> None:
