@@ -1,0 +1,189 @@
+"""The whole loop, as the department runs it: a chest-CT study in, findings with Lung-RADS / Fleischner
+categories, SEG + SR + key images out (dciodvfy-clean), and back into the PACS — from a folder, from
+Orthanc by C-GET, and unattended when Orthanc routes a study to our listener. Bad inputs leave an error
+record and nothing that looks like a result."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydicom.data import get_testdata_file
+
+from MedImgAILib.errors import MedImgAIError
+from MedImgAILib.pipeline import AnalysisOptions, StudyAnalyzer, analyze
+from MedImgAILib.results import AnalysisResult
+
+from .conftest import run_cli
+
+NODULES_MM = (6.5, 10.0, 16.0)
+
+
+@pytest.fixture(scope="module")
+def phantom_study(tmp_path_factory) -> dict:
+    from MedImgAILib.phantoms import NoduleSpec, PhantomSpec, write_phantom_series
+    from MedImgAILib.phantoms.spec import AcquisitionSpec, StudyContext
+
+    out = tmp_path_factory.mktemp("phantom")
+    spec = PhantomSpec(
+        seed=11,
+        nodules=[NoduleSpec(type="solid", diameter_mm=d, side=s) for d, s in zip(NODULES_MM, ("right", "left", "right"))],
+        acquisition=AcquisitionSpec(matrix=256, fov_mm=360.0, slice_thickness_mm=1.25, tube_current_ma=60.0),
+        study=StudyContext(indication="lung cancer screening", patient_age_years=63),
+    )
+    case = write_phantom_series(spec, out, keep_volume=False)
+    return {"dir": out, "files": [str(f) for f in case.files], "truth": case.truth}
+
+
+def _nearest(result: AnalysisResult, center) -> tuple[float, object]:
+    best = min(result.findings, key=lambda f: np.linalg.norm(np.subtract(f.center_lps_mm, center)))
+    return float(np.linalg.norm(np.subtract(best.center_lps_mm, center))), best
+
+
+def _dciodvfy_errors(path: str) -> list[str]:
+    r = subprocess.run(["dciodvfy", path], capture_output=True, text=True)
+    return [line for line in (r.stdout + r.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.fixture(scope="module")
+def folder_result(phantom_study, tmp_path_factory):
+    out = tmp_path_factory.mktemp("result")
+    result = analyze(phantom_study["dir"], out, AnalysisOptions(model_id="ct-lung-nodule", device="cpu"))
+    return out, result
+
+
+def test_every_nodule_is_found_measured_and_categorised(folder_result, phantom_study):
+    out, result = folder_result
+    assert result.model.id == "ct-lung-nodule" and len(result.model.weights_sha256) == 64
+    for n in phantom_study["truth"]["nodules"]:
+        dist, f = _nearest(result, n["center_lps_mm"])
+        assert dist < n["diameter_mm"] / 2, f"nodule {n['id']} ({n['diameter_mm']} mm) not found"
+        assert f.mean_diameter_mm == pytest.approx(n["axial_mean_diameter_mm"], abs=2.0)
+        systems = {c.system: c for c in f.categories}
+        assert "Lung-RADS" in systems, f.categories
+        # screening baseline, solid: the category follows the mean diameter to 0.1 mm
+        mean = round(f.mean_diameter_mm + 1e-9, 1)
+        expected = "2" if mean < 6 else "3" if mean < 8 else "4A" if mean < 15 else "4B"
+        assert systems["Lung-RADS"].value == expected
+    assert {c.system for c in result.study_categories} >= {"Lung-RADS"}
+    assert result.protocol and result.protocol["id"] and result.protocol["checks"]
+
+
+def test_outputs_are_final_valid_and_consistent(folder_result):
+    out, result = folder_result
+    data = json.loads((out / "findings.json").read_text())
+    assert data["schema"] == "medimgai.findings/1"
+    for key in ("study_instance_uid", "series_instance_uid", "model", "rules", "findings", "study_categories", "outputs", "timings_s"):
+        assert key in data
+    assert {r["id"] for r in data["rules"]} >= {"lung-rads"}
+    assert Path(data["outputs"]["seg"]).name == "seg.dcm" and Path(data["outputs"]["sr"]).name == "sr.dcm"
+    assert len(data["outputs"]["key_images"]) == len(result.findings)
+    for p in [data["outputs"]["seg"], data["outputs"]["sr"], *data["outputs"]["key_images"]]:
+        assert Path(p).exists()
+        assert _dciodvfy_errors(p) == [], p
+    assert not list(out.glob(".work-*")) and not (out / "error.json").exists()
+    for stage in ("load", "protocol", "inference", "findings", "rules", "export", "total"):
+        assert stage in data["timings_s"]
+
+
+def test_cli_prints_the_table_and_fails_cleanly_on_a_non_ct_series(phantom_study, tmp_path):
+    mr = tmp_path / "mr"
+    mr.mkdir()
+    (mr / "mr.dcm").write_bytes(Path(get_testdata_file("MR_small.dcm")).read_bytes())
+    r = run_cli("analyze", str(mr), "--model", "ct-lung-nodule", "--out", str(tmp_path / "out"), timeout=300)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "CT" in r.stderr, r.stderr
+    assert not (tmp_path / "out" / "findings.json").exists()
+    err = json.loads((tmp_path / "out" / "error.json").read_text())
+    assert err["message"] and err["stage"]
+
+
+def test_an_empty_study_gives_an_error_record_and_no_result(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(MedImgAIError):
+        analyze(empty, tmp_path / "out", AnalysisOptions(model_id="ct-lung-nodule"))
+    assert (tmp_path / "out" / "error.json").exists()
+    assert not (tmp_path / "out" / "findings.json").exists() and not (tmp_path / "out" / "seg.dcm").exists()
+
+
+def test_a_series_with_a_missing_slice_is_reported(phantom_study, tmp_path):
+    src = tmp_path / "gap"
+    src.mkdir()
+    files = sorted(phantom_study["files"])
+    for i, f in enumerate(files):
+        if i != len(files) // 2:
+            (src / Path(f).name).write_bytes(Path(f).read_bytes())
+    out = tmp_path / "out"
+    result = analyze(src, out, AnalysisOptions(model_id="ct-lung-nodule", key_images=False))
+    text = " ".join(result.warnings).lower()
+    assert "spacing" in text or "missing" in text or "gap" in text, result.warnings
+
+
+def test_refuse_policy_refuses_a_nonconforming_series_before_inference(phantom_study, tmp_path):
+    from MedImgAILib.protocols.conformance import ConformancePolicy
+
+    src = tmp_path / "thick"
+    src.mkdir()
+    import pydicom
+
+    for f in phantom_study["files"]:
+        ds = pydicom.dcmread(f)
+        ds.SliceThickness = 7.5  # far outside any chest protocol
+        ds.save_as(src / Path(f).name)
+    with pytest.raises(MedImgAIError, match="protocol"):
+        analyze(src, tmp_path / "out", AnalysisOptions(model_id="ct-lung-nodule", policy=ConformancePolicy(on_nonconformant="refuse")))
+    err = json.loads((tmp_path / "out" / "error.json").read_text())
+    assert err["stage"] == "protocol"
+    assert not (tmp_path / "out" / "findings.json").exists()
+
+
+def test_pacs_study_is_retrieved_analysed_and_stored_back(orthanc, in_ns, phantom_study, tmp_path):
+    from MedImgAILib.pacs import client
+    from MedImgAILib.pacs.settings import PacsSettings
+
+    orthanc.upload(phantom_study["files"])
+    study_uid = phantom_study["truth"]["study_instance_uid"]
+    r = run_cli("analyze", f"{orthanc.node}:{study_uid}", "--model", "ct-lung-nodule", "--out", str(tmp_path / "out"),
+                "--send", orthanc.node, "--no-key-images", timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "Lung-RADS" in r.stdout
+    s = PacsSettings()
+    series = client.find(s.node(orthanc.node), s, "series", study_uid=study_uid)
+    assert {x.get("modality") for x in series} >= {"CT", "SEG", "SR"}
+
+
+def test_listener_triggers_analysis_when_orthanc_routes_a_study(orthanc, in_ns, phantom_study, tmp_path):
+    from MedImgAILib.pacs import client
+    from MedImgAILib.pacs.listener import Listener, ListenerConfig
+    from MedImgAILib.pacs.settings import PacsSettings
+
+    orthanc.upload(phantom_study["files"])
+    study_uid = phantom_study["truth"]["study_instance_uid"]
+    s = PacsSettings(local_aet="LISTENER")
+    analyzer = StudyAnalyzer(tmp_path / "results", AnalysisOptions(send_to=orthanc.node, pacs_settings=s, key_images=False))
+    listener = Listener(ListenerConfig(aet="LISTENER", host="127.0.0.1", port=11114, store_dir=tmp_path / "store",
+                                       quiet_seconds=2.0, min_free_mb=10), on_study_complete=analyzer).start()
+    try:
+        before = {x["series_uid"] for x in client.find(s.node(orthanc.node), s, "series", study_uid=study_uid)}
+        # Orthanc routes the study to us (what a PACS auto-routing rule does)
+        res = client.retrieve(s.node(orthanc.node), s, study_uid, tmp_path / "unused", method="move", move_destination="LISTENER",
+                              series_uids=[phantom_study["truth"]["series_instance_uid"]])
+        assert res.complete, res.errors
+        deadline = time.monotonic() + 600
+        while not analyzer.done and time.monotonic() < deadline:
+            time.sleep(0.5)
+        analyzer.join()
+    finally:
+        listener.stop()
+        analyzer.close()
+    assert analyzer.done == [(study_uid, "ok")], analyzer.done
+    result = AnalysisResult.read(tmp_path / "results" / study_uid / "findings.json")
+    assert result.model.id == "ct-lung-nodule"  # chosen by matching the series against the cards
+    after = client.find(s.node(orthanc.node), s, "series", study_uid=study_uid)
+    new = [x for x in after if x["series_uid"] not in before]
+    assert {x.get("modality") for x in new} >= {"SEG", "SR"}
