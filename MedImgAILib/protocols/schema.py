@@ -167,7 +167,7 @@ class Criterion(BaseModel):
         u = f" {self.unit}" if self.unit else ""
         if self.min is not None or self.max is not None:
             if self.min is not None and self.max is not None:
-                s = f"{_num(self.min)}-{_num(self.max)}{u}"
+                s = f"{_num(self.min)} to {_num(self.max)}{u}"
             elif self.max is not None:
                 s = f"<= {_num(self.max)}{u}"
             else:
