@@ -36,6 +36,7 @@ from scipy import ndimage as ndi
 from ..errors import MedImgAIError, ModelError
 from ..results import Finding
 from ..volume import Volume, affine_from_geometry
+from .quality import component_sizes, dilate2d, open2d
 
 
 class SweepError(MedImgAIError):
@@ -278,15 +279,15 @@ def threshold_detector(volume: Volume, threshold_hu: float = -450.0, min_diamete
     hu = np.asarray(volume.array, dtype=np.float32)
     sx, sy, sz = volume.spacing
     body = hu > -500
-    lab, n = ndi.label(ndi.binary_opening(body, structure=np.ones((1, 3, 3), bool)))
+    lab, n = ndi.label(open2d(body))
     if n == 0:
         return []
-    sizes = ndi.sum_labels(np.ones_like(lab, dtype=np.int32), lab, np.arange(1, n + 1))
+    sizes = component_sizes(lab, n)
     body = lab == int(np.argmax(sizes)) + 1
     body_filled = np.stack([ndi.binary_fill_holes(b) for b in body])
     lung_core = body_filled & (hu < -400)
     lung_region = np.stack([ndi.binary_fill_holes(s) for s in lung_core])
-    lung_region &= ~ndi.binary_dilation(~body_filled, structure=np.ones((1, 3, 3), bool), iterations=max(1, int(4 / sx)))
+    lung_region &= ~dilate2d(~body_filled, max(1, int(4 / sx)))
     smooth = ndi.gaussian_filter(hu, sigma=(0, 0.6 / sy, 0.6 / sx))
     cand = (smooth > threshold_hu) & lung_region
     lab, n = ndi.label(cand)
