@@ -125,7 +125,7 @@ def match_protocol(protocol: Protocol, md: SeriesMetadata) -> MatchResult | None
     if body and body in {re.sub(r"[^A-Z]", "", b) for b in rule.body_part}:
         evidence.append(f"body_part={body}")
         kinds.append("body_part")
-    if not kinds:
+    if not kinds or (kinds == ["body_part"] and not rule.body_part_alone):
         return None
     score = sum(_SCORES[k] for k in kinds)
     best = max(kinds, key=lambda k: _SCORES[k])

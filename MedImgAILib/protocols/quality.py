@@ -385,7 +385,7 @@ def measure_mr(volume: Volume, slice_positions_mm: Sequence[float] | None = None
         notes.append("image is constant: no SNR")
     else:
         fg = img > t
-        lab, n = ndi.label(ndi.binary_opening(fg, iterations=1))
+        lab, n = ndi.label(open2d(fg))
         if n == 0:
             notes.append("no foreground found")
         else:

@@ -86,6 +86,9 @@ class MatchRule(BaseModel):
     description_patterns: list[str] = Field(default_factory=list)
     exclude_patterns: list[str] = Field(default_factory=list)
     procedure_codes: list[str] = Field(default_factory=list)
+    #: False: the body part supports a match but is not enough alone (a chest CT is not a screening CT
+    #: unless its description or procedure code says so)
+    body_part_alone: bool = True
     priority: int = 0
 
     @field_validator("description_patterns", "exclude_patterns")
