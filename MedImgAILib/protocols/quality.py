@@ -124,10 +124,11 @@ def _slice_subset(nk: int, most: int) -> np.ndarray:
 
 def slice_positions_from_volume(volume: Volume) -> np.ndarray:
     """Slice centres along the slice normal (mm): the loader's measured positions when it recorded
-    them (``extra['slice_positions_mm']``), else what the affine says."""
-    pos = volume.extra.get("slice_positions_mm") if volume.extra else None
-    if pos is not None and len(pos) == volume.array.shape[0]:
-        return np.asarray(pos, dtype=float)
+    them (``extra['slice_positions_along_normal_mm']``), else what the affine says."""
+    for key in ("slice_positions_along_normal_mm", "slice_positions_mm"):  # dicom.load_series records the first
+        pos = volume.extra.get(key) if volume.extra else None
+        if pos is not None and len(pos) == volume.array.shape[0]:
+            return np.asarray(pos, dtype=float)
     nk = volume.array.shape[0]
     return np.arange(nk) * volume.spacing[2]
 

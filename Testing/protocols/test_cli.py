@@ -50,4 +50,4 @@ def test_qc_folder_with_two_series_asks_which(tmp_path):
     write_ct_series(hu, tmp_path / "a")
     write_ct_series(hu, tmp_path / "b")
     p = _run("qc", str(tmp_path), "--header-only")
-    assert p.returncode == 2 and "--series" in p.stderr and "2 series" in p.stderr
+    assert p.returncode == 2 and "--series" in p.stderr and "2 image series" in p.stderr
