@@ -18,9 +18,11 @@ from MedImgAILib.protocols.sweep import (
     degrade,
     parse_vary,
     resolve_detector,
+    run_sweep,
     score_case,
     settings_grid,
     threshold_detector,
+    write_sweep_outputs,
 )
 from MedImgAILib.results import Finding
 from Testing.conftest import REPO
@@ -28,15 +30,13 @@ from Testing.conftest import REPO
 
 @pytest.fixture(scope="module")
 def sweep_run(tmp_path_factory):
+    """3 thicknesses x 2 noise levels x 2 cases of 4 nodules (4, 6, 8, 12 mm), in process."""
     out = tmp_path_factory.mktemp("sweep")
-    p = subprocess.run(
-        [sys.executable, "-m", "MedImgAILib", "protocol", "sweep", "--model", "classical-threshold",
-         "--vary", "slice_thickness=0.625,2.5,5", "--vary", "noise=10,60", "--cases", "2",
-         "--phantom", "synthetic", "--out", str(out), "--json"],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-    )
-    assert p.returncode == 0, p.stderr
-    return out, json.loads(p.stdout)
+    vary = parse_vary(["slice_thickness=0.625,2.5,5", "noise=10,60"])
+    result = run_sweep(settings_grid(vary), 2, SyntheticChestCases(seed=0, pixel_mm=1.0), threshold_detector,
+                       model_id="classical-threshold", case_source="synthetic", varied=vary)
+    write_sweep_outputs(result, out)
+    return out, result.settings
 
 
 def test_sweep_writes_csv_json_and_plots(sweep_run):
@@ -118,6 +118,15 @@ def test_vary_parsing_and_unknown_model():
 
     with pytest.raises(ModelError, match="classical-threshold"):
         resolve_detector("ct-lung-nodule-x")
+
+
+def test_sweep_cli_runs_and_prints_the_table(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "MedImgAILib", "protocol", "sweep", "--model", "classical-threshold",
+                        "--vary", "slice_thickness=2.5", "--kernel", "smooth", "--cases", "1", "--phantom", "synthetic",
+                        "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "sens" in p.stdout and "smooth" in p.stdout
+    assert (tmp_path / "sweep.csv").exists() and (tmp_path / "sensitivity.png").exists()
 
 
 def test_sweep_cli_errors_are_one_line(tmp_path):
