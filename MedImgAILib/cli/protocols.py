@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     sw.add_argument("--model", metavar="ID", required=True, help="detector model id (classical-threshold is built in)")
     sw.add_argument("--vary", metavar="NAME=V1,V2", action="append", default=[],
-                    help="slice_thickness=MM,...  noise=HU,...  kernel=smooth,standard,sharp (repeatable)")
+                    help="slice_thickness=MM,...  noise=HU,...  kernel=soft,standard,sharp (repeatable)")
     sw.add_argument("--kernel", metavar="NAME", action="append", default=[], help="reconstruction kernel(s) to add")
     sw.add_argument("--cases", type=int, default=5, metavar="N", help="phantom cases per setting (default 5)")
     sw.add_argument("--seed", type=int, default=0)
@@ -166,15 +166,11 @@ def _show(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------------
 def _case_factory(kind: str, seed: int):
-    from ..protocols.sweep import SyntheticChestCases
+    from ..protocols.sweep import PhantomGeneratorCases, SyntheticChestCases
 
     if kind in ("auto", "generator"):
-        try:
-            from ..protocols.sweep import PhantomGeneratorCases  # present once the generator is wired in
-        except ImportError:
-            PhantomGeneratorCases = None  # type: ignore[assignment]
-        if PhantomGeneratorCases is not None and PhantomGeneratorCases.available():
-            return PhantomGeneratorCases(seed=seed), "MedImgAILib.phantoms"
+        if PhantomGeneratorCases.available():
+            return PhantomGeneratorCases(seed=seed), "MedImgAILib.phantoms (chest phantom generator)"
         if kind == "generator":
             raise MedImgAIError("the phantom generator (MedImgAILib.phantoms) is not installed; use --phantom synthetic")
     return SyntheticChestCases(seed=seed), "synthetic chest (protocols.sweep.SyntheticChestCases)"

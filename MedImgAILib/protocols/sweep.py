@@ -47,10 +47,10 @@ class SweepError(MedImgAIError):
 # --------------------------------------------------------------------------------------------------
 # settings
 # --------------------------------------------------------------------------------------------------
-#: reconstruction kernels as (signal blur sigma in mm, noise correlation sigma in mm): a smooth kernel
+#: reconstruction kernels as (signal blur sigma in mm, noise correlation sigma in mm): a soft kernel
 #: blurs edges and gives blotchy noise, a sharp one keeps edges and gives fine-grained noise
 KERNELS: dict[str, tuple[float, float]] = {
-    "smooth": (0.9, 1.0),
+    "soft": (0.9, 1.0),
     "standard": (0.5, 0.6),
     "sharp": (0.0, 0.0),
 }
@@ -263,6 +263,51 @@ class SyntheticChestCases:
         seed = zlib.crc32(repr((self.seed, case_index, setting)).encode())
         vol = degrade(truth, setting, seed=seed)
         return SweepCase(case_id=f"case{case_index:03d}", volume=vol, lesions=list(lesions))
+
+
+class PhantomGeneratorCases:
+    """Cases from the project's chest-CT phantom generator (``MedImgAILib.phantoms``): full anatomy
+    (ribs, spine, heart, space-filling vessel trees) with random solid nodules, rendered with the
+    generator's own slice profile, kernel PSF and kernel-textured noise for each setting. Case ``i``
+    keeps its patient (``anatomy_seed``) across settings; the noise seed changes with the setting."""
+
+    def __init__(self, seed: int = 0, nodules_per_case: int = 4, diameter_range_mm: tuple[float, float] = (4.0, 12.0),
+                 matrix: int = 256, fov_mm: float = 380.0) -> None:
+        self.seed = seed
+        self.nodules_per_case = nodules_per_case
+        self.diameter_range_mm = diameter_range_mm
+        self.matrix = matrix
+        self.fov_mm = fov_mm
+
+    @staticmethod
+    def available() -> bool:
+        try:
+            import MedImgAILib.phantoms  # noqa: F401
+        except ImportError:
+            return False
+        return True
+
+    def __call__(self, setting: AcquisitionSetting, case_index: int) -> SweepCase:
+        from ..phantoms import AcquisitionSpec, PhantomSpec, RandomNodules, generate_phantom
+
+        anatomy = self.seed * 10_000 + case_index
+        spec = PhantomSpec(
+            seed=zlib.crc32(repr((self.seed, case_index, setting)).encode()) & 0x7FFFFFFF,
+            anatomy_seed=anatomy,
+            random_nodules=RandomNodules(count=self.nodules_per_case, diameter_range_mm=self.diameter_range_mm,
+                                         types=["solid"], shapes=["sphere"], juxtapleural_fraction=0.0),
+            acquisition=AcquisitionSpec(matrix=self.matrix, fov_mm=self.fov_mm,
+                                        slice_thickness_mm=setting.slice_thickness_mm,
+                                        kernel=setting.kernel, noise_sd_hu=setting.noise_hu),
+        )
+        case = generate_phantom(spec)
+        lesions = [
+            TruthLesion(center_lps_mm=[float(v) for v in n["center_lps_mm"]],
+                        diameter_mm=float(n.get("equivalent_diameter_mm") or n["diameter_mm"]),
+                        volume_mm3=float(n["volume_mm3"]))
+            for n in case.truth["nodules"]
+        ]
+        return SweepCase(case_id=f"case{case_index:03d}", volume=case.volume, lesions=lesions)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ def synthetic_cases():
     return SyntheticChestCases(seed=3, nodules_per_case=2, z_extent_mm=32.0)
 
 
-@pytest.mark.parametrize("kernel", ["smooth", "standard", "sharp"])
+@pytest.mark.parametrize("kernel", ["soft", "standard", "sharp"])
 @pytest.mark.parametrize("noise", [10.0, 30.0, 60.0])
 def test_ct_noise_tracks_kernel_textured_noise_within_15_percent(synthetic_cases, kernel, noise):
     # correlated (kernel-filtered) noise on the sweep phantom, with nodules and vessels in the lungs

@@ -122,10 +122,10 @@ def test_vary_parsing_and_unknown_model():
 
 def test_sweep_cli_runs_and_prints_the_table(tmp_path):
     p = subprocess.run([sys.executable, "-m", "MedImgAILib", "protocol", "sweep", "--model", "classical-threshold",
-                        "--vary", "slice_thickness=2.5", "--kernel", "smooth", "--cases", "1", "--phantom", "synthetic",
+                        "--vary", "slice_thickness=2.5", "--kernel", "soft", "--cases", "1", "--phantom", "synthetic",
                         "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
-    assert "sens" in p.stdout and "smooth" in p.stdout
+    assert "sens" in p.stdout and "soft" in p.stdout
     assert (tmp_path / "sweep.csv").exists() and (tmp_path / "sensitivity.png").exists()
 
 
