@@ -157,6 +157,21 @@ def _blocks(a: np.ndarray, f: int) -> np.ndarray:
     return a[:, : J * f, : I * f].reshape(nk, J, f, I, f)
 
 
+def _block_reduce(a: np.ndarray, f: int, op: np.ufunc) -> np.ndarray:
+    """[k, J*f, I*f] -> [k, J, I] by ``op`` over each f x f block, as f + f elementwise passes over
+    strided slices (numpy's reduce over a short strided axis is about ten times slower)."""
+    nk, nj, ni = a.shape
+    J, I = nj // f, ni // f
+    a = a[:, : J * f, : I * f]
+    cols = a[:, :, 0::f].copy()
+    for d in range(1, f):
+        op(cols, a[:, :, d::f], out=cols)
+    out = cols[:, 0::f, :].copy()
+    for d in range(1, f):
+        op(out, cols[:, d::f, :], out=out)
+    return out
+
+
 @dataclass
 class _CTGrid:
     f: int  # image pixels per coarse pixel (each direction)
@@ -172,10 +187,9 @@ class _CTGrid:
 def _ct_grid(hu: np.ndarray, spacing: tuple[float, float, float]) -> _CTGrid:
     sx, sy, _ = spacing
     f = max(1, int(round(COARSE_PIXEL_MM / max(sx, sy))))
-    b = _blocks(hu, f)
-    coarse = b.mean(axis=(2, 4), dtype=np.float32)
-    valid = b.min(axis=(2, 4)) > PADDING_HU
-    dense = b.max(axis=(2, 4)) > -500.0
+    coarse = _block_reduce(hu.astype(np.float32, copy=False), f, np.add) / np.float32(f * f)
+    valid = _block_reduce(hu, f, np.minimum) > PADDING_HU
+    dense = _block_reduce(hu, f, np.maximum) > -500.0
     cmm = (sx * f, sy * f)
     lab, n = ndi.label(open2d(dense))
     if n == 0:
@@ -337,7 +351,7 @@ def _interslice_discontinuity(grid: _CTGrid) -> float | None:
 
 
 def measure_ct(volume: Volume, slice_positions_mm: Sequence[float] | None = None) -> dict[str, Any]:
-    hu = np.asarray(volume.array, dtype=np.float32)
+    hu = volume.array  # HU in whatever dtype the loader chose (int16 when the rescale allows)
     notes: list[str] = []
     grid = _ct_grid(hu, volume.spacing)
     res: dict[str, Any] = {"modality": "CT", "method": "mode of tile SDs in automatically found air and soft-tissue regions"}
