@@ -323,20 +323,23 @@ def _ellipsoid(radius_mm: float, spacing_zyx: tuple[float, float, float]) -> np.
 
 
 def threshold_detector(volume: Volume, threshold_hu: float = -450.0, min_diameter_mm: float = 3.5,
-                       vessel_radius_mm: float = 1.25, max_elongation: float = 2.2,
-                       max_shell_fraction: float | None = 0.03, _debug: list | None = None) -> list[Finding]:
+                       max_elongation: float = 2.2,
+                       max_shell_fraction: float | None = 0.03, scales_mm: tuple[float, ...] = (1.25, 3.5),
+                       _debug: list | None = None) -> list[Finding]:
     """Solid nodules as compact dense blobs inside the lungs: a classical reference detector.
 
     Lung region: air-density voxels inside the body outline with their in-slice holes filled (so a
     nodule surrounded by lung is inside it). Candidates: voxels above ``threshold_hu`` (about half way
     between lung and soft tissue, so partial volume shrinks small nodules as it would a reader's
-    half-maximum contour) after an in-plane smoothing against noise. A morphological opening with an
-    in-plane disk of ``vessel_radius_mm`` removes in-plane vessels thinner than the disk (and the thin branches that join
-    a nodule to its vessels); each surviving blob is grown back inside the candidates to measure its
-    volume; blobs smaller than a ``min_diameter_mm`` sphere (or than 0.9 slice thicknesses), elongated
-    ones (thick vessels), ones with dense tubes leaving them in a 1-3 mm shell (vessel junctions), and
-    ones cut by the first or last slice are dropped. Tuned on both the synthetic sweep chest and the
-    phantom generator's chest with its vessel trees; a reference, not a product."""
+    half-maximum contour) after an in-plane smoothing against noise. At each scale in ``scales_mm`` a
+    morphological opening with an in-plane disk of that radius removes vessels thinner than the disk
+    (and cuts a nodule free from the vessels running into it); each surviving blob is grown back
+    inside the candidates to measure its volume. Blobs smaller than a ``min_diameter_mm`` sphere (or
+    than 0.9 slice thicknesses), elongated ones (thick vessels), ones with dense tubes leaving them in a
+    1-3 mm shell (vessel junctions; ``max_shell_fraction``, relaxed 5x at the larger scales), and ones
+    cut by the first or last slice are dropped; a blob found at two scales counts once. Tuned on the
+    synthetic sweep chest and on the phantom generator's chest with its vessel trees; a reference, not
+    a product."""
     hu = np.asarray(volume.array, dtype=np.float32)
     sx, sy, sz = volume.spacing
     body = hu > -500
@@ -355,18 +358,36 @@ def threshold_detector(volume: Volume, threshold_hu: float = -450.0, min_diamete
     sub = hu[box]
     smooth = ndi.gaussian_filter(sub, sigma=(0, 0.8 / sy, 0.8 / sx))
     cand = (smooth > threshold_hu) & lung_region[box]
+    voxel = volume.voxel_volume_mm3
+    # a blob thinner than about one slice cannot be told from a vessel crossing the slice
+    min_d = max(min_diameter_mm, 0.9 * sz)
+    min_vox = (math.pi / 6 * min_d**3) / voxel
+    findings: list[Finding] = []
+    # several scales: the small disk keeps small nodules; the larger ones cut a big nodule free from
+    # the vessels running into it (which otherwise join it to a whole vessel tree)
+    for radius in scales_mm:
+        min_here = max(min_vox, (math.pi / 6 * (2 * radius + 1.0) ** 3) / voxel) if radius > scales_mm[0] else min_vox
+        # a large nodule has several vessels running into it; a small vessel junction looks alike with
+        # fewer, so the isolation demanded relaxes with the scale
+        shell_here = None if max_shell_fraction is None else max_shell_fraction * (1.0 if radius == scales_mm[0] else 5.0)
+        for f in _blobs(volume, hu, box, cand, lung_region, radius, min_here, max_elongation, shell_here, _debug):
+            if all(np.linalg.norm(np.subtract(f.center_lps_mm, g.center_lps_mm)) > 3.0 for g in findings):
+                findings.append(f.model_copy(update={"id": f"F{len(findings) + 1}"}))
+    return findings
+
+
+def _blobs(volume: Volume, hu: np.ndarray, box: tuple, cand: np.ndarray, lung_region: np.ndarray, radius_mm: float,
+           min_vox: float, max_elongation: float, max_shell_fraction: float | None, _debug: list | None) -> list[Finding]:
+    sx, sy, sz = volume.spacing
     # in-plane disk: a small nodule may span only two slices, so the opening must not erode along z;
     # vessels running along z survive it and are rejected below as elongated
-    se = _ellipsoid(vessel_radius_mm, (1e9, sy, sx))
+    se = _ellipsoid(radius_mm, (1e9, sy, sx))
     cores = ndi.binary_opening(cand, structure=se)
     lab, n = ndi.label(cores)
     if n == 0:
         return []
     grown_all = ndi.binary_dilation(cores, structure=se) & cand
     voxel = volume.voxel_volume_mm3
-    # a blob thinner than about one slice cannot be told from a vessel crossing the slice
-    min_d = max(min_diameter_mm, 0.9 * sz)
-    min_vox = (math.pi / 6 * min_d**3) / voxel
     nk_total = hu.shape[0]
     findings: list[Finding] = []
     pad = [s // 2 + 1 for s in se.shape]
