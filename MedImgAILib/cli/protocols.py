@@ -55,6 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     sw.add_argument("--phantom", choices=["auto", "synthetic", "generator"], default="auto",
                     help="case source: the phantom generator (MedImgAILib.phantoms), the built-in synthetic "
                          "chest, or auto (generator when installed)")
+    sw.add_argument("--cohort", metavar="DIR",
+                    help="degrade a thin-slice cohort instead of generating phantoms: sub-folders each holding "
+                         "one CT series and truth.json (phantom generator) or lesions.json; --cases limits it")
     sw.add_argument("--json", action="store_true", help="print the summary rows as JSON")
     sw.set_defaults(func=_sweep)
 
@@ -183,7 +186,14 @@ def _sweep(args: argparse.Namespace) -> int:
     if not vary:
         raise MedImgAIError("give at least one --vary NAME=V1,V2 (slice_thickness, noise, kernel)")
     detector = resolve_detector(args.model)
-    factory, source = _case_factory(args.phantom, args.seed)
+    if args.cohort:
+        from ..protocols.sweep import CohortCases
+
+        factory = CohortCases(args.cohort, limit=args.cases)
+        source = f"cohort {args.cohort} ({len(factory)} cases, degraded)"
+        args.cases = min(args.cases, len(factory))
+    else:
+        factory, source = _case_factory(args.phantom, args.seed)
     grid = settings_grid(vary)
 
     def progress(done: int, total: int, label: str) -> None:

@@ -130,11 +130,15 @@ CaseFactory = Callable[[AcquisitionSetting, int], SweepCase]
 Detector = Callable[[Volume], list[Finding]]
 
 
-def degrade(volume: Volume, setting: AcquisitionSetting, seed: int = 0) -> Volume:
+def degrade(volume: Volume, setting: AcquisitionSetting, seed: int = 0, match_noise: bool = False) -> Volume:
     """Simulate another acquisition from a thin-slice volume: average slices into the new thickness
     (a boxcar slice profile, contiguous reconstruction), blur in plane by the kernel, then add noise
     filtered to the kernel's texture and scaled so that its SD in the result is ``noise_hu``.
-    Noise already present in the source adds to it; give a low-noise source."""
+
+    ``match_noise``: the source's own noise (measured on the thickened, blurred volume with the
+    reference-free estimate) counts towards ``noise_hu``: only the difference in quadrature is added.
+    A source noisier than the target cannot be made quieter: ``extra["noise_note"]`` says so.
+    Without it, the source's noise adds to ``noise_hu`` (give a low-noise source)."""
     arr = np.asarray(volume.array, dtype=np.float32)
     sx, sy, sz = volume.spacing
     factor = setting.slice_thickness_mm / sz
@@ -150,17 +154,28 @@ def degrade(volume: Volume, setting: AcquisitionSetting, seed: int = 0) -> Volum
     blur_mm, noise_corr_mm = KERNELS[setting.kernel]
     if blur_mm > 0:
         thick = ndi.gaussian_filter(thick, sigma=(0, blur_mm / sy, blur_mm / sx))
-    if setting.noise_hu > 0:
-        rng = np.random.default_rng(seed)
-        noise = rng.standard_normal(thick.shape).astype(np.float32)
-        if noise_corr_mm > 0:
-            noise = ndi.gaussian_filter(noise, sigma=(0, noise_corr_mm / sy, noise_corr_mm / sx))
-        noise *= setting.noise_hu / float(noise.std())
-        thick = thick + noise
     aff = volume.affine.copy()
     # the first thick slice's centre is the mean of the n thin slices it averages
     aff[:3, 2] = volume.affine[:3, 2] * n
     aff[:3, 3] = volume.affine[:3, 3] + volume.affine[:3, 2] * (n - 1) / 2.0
+    extra: dict[str, Any] = {"acquisition": asdict(setting)}
+    add_sd = setting.noise_hu
+    if match_noise:
+        from .quality import measure_ct
+
+        have = measure_ct(Volume(array=thick, affine=aff, modality="CT"))["noise_sd_hu"]
+        if have is not None:
+            extra["source_noise_hu"] = have
+            add_sd = math.sqrt(max(setting.noise_hu**2 - have**2, 0.0))
+            if have > setting.noise_hu:
+                extra["noise_note"] = f"source noise {have:.1f} HU exceeds the requested {setting.noise_hu:g} HU"
+    if add_sd > 0:
+        rng = np.random.default_rng(seed)
+        noise = rng.standard_normal(thick.shape).astype(np.float32)
+        if noise_corr_mm > 0:
+            noise = ndi.gaussian_filter(noise, sigma=(0, noise_corr_mm / sy, noise_corr_mm / sx))
+        noise *= add_sd / float(noise.std())
+        thick = thick + noise
     return Volume(
         array=thick.astype(np.float32),
         affine=aff,
@@ -168,7 +183,7 @@ def degrade(volume: Volume, setting: AcquisitionSetting, seed: int = 0) -> Volum
         study_instance_uid=volume.study_instance_uid,
         frame_of_reference_uid=volume.frame_of_reference_uid,
         modality=volume.modality or "CT",
-        extra={"acquisition": asdict(setting)},
+        extra=extra,
     )
 
 
@@ -263,6 +278,54 @@ class SyntheticChestCases:
         seed = zlib.crc32(repr((self.seed, case_index, setting)).encode())
         vol = degrade(truth, setting, seed=seed)
         return SweepCase(case_id=f"case{case_index:03d}", volume=vol, lesions=list(lesions))
+
+
+class CohortCases:
+    """A thin-slice cohort with a reference standard, degraded to each setting (``degrade`` with
+    ``match_noise``): each sub-folder (or the folder itself) holds one CT series and either the phantom
+    generator's ``truth.json`` or a ``lesions.json`` list of ``{"center_lps_mm": [x, y, z],
+    "diameter_mm": d, "volume_mm3": v}``. Case ``i`` is the i-th such folder in name order."""
+
+    def __init__(self, folder: str | Path, limit: int | None = None) -> None:
+        root = Path(folder)
+        if not root.is_dir():
+            raise SweepError(f"cohort folder {root} does not exist")
+        dirs = [d for d in [root, *sorted(p for p in root.iterdir() if p.is_dir())]
+                if (d / "truth.json").exists() or (d / "lesions.json").exists()]
+        if not dirs:
+            raise SweepError(f"cohort folder {root} holds no series with truth.json or lesions.json")
+        self.dirs = dirs[:limit] if limit else dirs
+        self._load = lru_cache(maxsize=2)(self._load_case)
+
+    def __len__(self) -> int:
+        return len(self.dirs)
+
+    def _load_case(self, i: int) -> tuple[Volume, tuple[TruthLesion, ...]]:
+        from ..dicom import load_volume
+
+        d = self.dirs[i]
+        if (d / "truth.json").exists():
+            items = json.loads((d / "truth.json").read_text()).get("nodules", [])
+        else:
+            items = json.loads((d / "lesions.json").read_text())
+        try:
+            lesions = tuple(
+                TruthLesion(center_lps_mm=[float(v) for v in n["center_lps_mm"]],
+                            diameter_mm=float(n.get("equivalent_diameter_mm") or n["diameter_mm"]),
+                            volume_mm3=float(n["volume_mm3"]))
+                for n in items
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SweepError(f"cohort case {d}: a lesion lacks center_lps_mm / diameter_mm / volume_mm3 ({exc})") from None
+        return load_volume(d), lesions
+
+    def __call__(self, setting: AcquisitionSetting, case_index: int) -> SweepCase:
+        if case_index >= len(self.dirs):
+            raise SweepError(f"the cohort has {len(self.dirs)} cases; case {case_index + 1} was asked for")
+        vol, lesions = self._load(case_index)
+        seed = zlib.crc32(repr((str(self.dirs[case_index]), setting)).encode())
+        return SweepCase(case_id=self.dirs[case_index].name, volume=degrade(vol, setting, seed=seed, match_noise=True),
+                         lesions=list(lesions))
 
 
 class PhantomGeneratorCases:

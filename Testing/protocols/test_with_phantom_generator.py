@@ -62,3 +62,41 @@ def test_generator_series_with_a_missing_slice_fails_spacing_only(ldct_spec, tmp
     assert {c.name: c.status for c in rep.checks if c.status != "pass"} == {
         "slice_thickness": "warn", "in_plane_pixel": "warn", "slice_spacing_regular": "fail"}
     assert rep.image_quality["slice_gaps"] == 1 and not rep.conformant
+
+
+@pytest.mark.slow
+def test_sweep_degrades_a_thin_slice_cohort_with_truth(tmp_path):
+    """--cohort: generator series at 1.25 mm with truth.json, degraded to 1.25 and 5 mm at 40 HU."""
+    import json as _json
+    import subprocess
+    import sys
+
+    from Testing.conftest import REPO
+
+    for i in (1, 2):
+        write_phantom_series(PhantomSpec(seed=i, random_nodules=RandomNodules(count=3, diameter_range_mm=(6, 12), types=["solid"],
+                                                                               shapes=["sphere"], juxtapleural_fraction=0.0),
+                                         acquisition=AcquisitionSpec(matrix=256, slice_thickness_mm=1.25, noise_sd_hu=5.0,
+                                                                     kernel="standard")), tmp_path / "cohort" / f"c{i}")
+    out = tmp_path / "out"
+    p = subprocess.run([sys.executable, "-m", "MedImgAILib", "protocol", "sweep", "--model", "classical-threshold",
+                        "--cohort", str(tmp_path / "cohort"), "--vary", "slice_thickness=1.25,5", "--vary", "noise=40",
+                        "--cases", "5", "--out", str(out), "--json"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    rows = {r["slice_thickness_mm"]: r for r in _json.loads(p.stdout)}
+    assert rows[1.25]["cases"] == 2 and rows[1.25]["lesions"] == 6
+    assert rows[1.25]["sensitivity"] >= rows[5.0]["sensitivity"]
+    assert rows[1.25]["fp_per_scan"] <= rows[5.0]["fp_per_scan"]
+    doc = _json.loads((out / "sweep.json").read_text())
+    assert doc["case_source"].startswith("cohort")
+
+
+def test_degrade_matches_noise_to_the_target():
+    from MedImgAILib.protocols.sweep import AcquisitionSetting, degrade
+
+    case = generate_phantom(PhantomSpec(seed=3, random_nodules=RandomNodules(count=0), acquisition=AcquisitionSpec(
+        matrix=128, slice_thickness_mm=1.25, noise_sd_hu=20.0, kernel="standard")))
+    v = degrade(case.volume, AcquisitionSetting(slice_thickness_mm=2.5, noise_hu=40.0, kernel="standard"), match_noise=True)
+    assert measure_ct(v)["noise_sd_hu"] == pytest.approx(40.0, rel=0.15)
+    quiet = degrade(case.volume, AcquisitionSetting(slice_thickness_mm=1.25, noise_hu=5.0), match_noise=True)
+    assert "exceeds" in quiet.extra["noise_note"]
