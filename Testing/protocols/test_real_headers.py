@@ -85,3 +85,12 @@ def test_pydicom_mr_small_is_not_a_volumetric_t1():
     assert c["field_strength"]["status"] == "missing"
     assert c["acquisition_3d"]["status"] == "pass"
     assert rep["conformant"] is False
+
+
+def test_real_series_with_a_gap_fails_spacing(pydicom_testdata):
+    # pydicom's dicomdirtests CT2: one slice lies 202.5 mm away from the others (FIELD-NOTES)
+    _, rep = _qc(str(pydicom_testdata / "dicomdirtests" / "77654033" / "CT2"), "--protocol", "ct-chest-routine")
+    c = _checks(rep)
+    assert c["slice_spacing_regular"]["status"] == "fail"
+    assert rep["image_quality"]["slice_gaps"] >= 1
+    assert rep["image_quality"]["slice_spacing_max_deviation_mm"] > 100
