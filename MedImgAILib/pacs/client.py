@@ -196,15 +196,24 @@ def associate(
     ae = ae or make_ae(settings)
     ae.requested_contexts = list(contexts)[:MAX_CONTEXTS]
     tls_args = node.tls.client_context(node.host) if node.tls else None
-    assoc = ae.associate(
-        node.host,
-        node.port,
-        ae_title=node.aet,
-        max_pdu=settings.max_pdu,
-        ext_neg=list(roles) or None,
-        evt_handlers=[(evt.EVT_CONN_OPEN, tune_association), *handlers],
-        tls_args=tls_args,
-    )
+    # Under load pynetdicom can see the peer's close before the A-ASSOCIATE-RJ it sent just ahead of
+    # it, and reports an abort; a second attempt then reads the rejection (and its reason) properly.
+    for attempt in (1, 2):
+        assoc = ae.associate(
+            node.host,
+            node.port,
+            ae_title=node.aet,
+            max_pdu=settings.max_pdu,
+            ext_neg=list(roles) or None,
+            evt_handlers=[(evt.EVT_CONN_OPEN, tune_association), *handlers],
+            tls_args=tls_args,
+        )
+        if assoc.is_established or assoc.is_rejected:
+            break
+        reason = _probe_reason(node, settings.timeouts.connection)
+        if attempt == 2 or not reason.startswith("the peer closed"):
+            break
+        time.sleep(0.2)
     if not assoc.is_established:
         if assoc.is_rejected:
             prim = assoc.acceptor.primitive
@@ -213,7 +222,7 @@ def associate(
                 f"{node} rejected association from calling AE {settings.local_aet!r} to called AE "
                 f"{node.aet!r}: {reason}"
             )
-        raise PacsConnectionError(f"cannot connect to {node}: {_probe_reason(node, settings.timeouts.connection)}")
+        raise PacsConnectionError(f"cannot connect to {node}: {reason}")
     try:
         yield assoc
     finally:
