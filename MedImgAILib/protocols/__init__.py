@@ -18,8 +18,32 @@ from .conformance import (
 from .library import MatchResult, ProtocolLibrary, UnknownProtocolError, default_library, load_protocol_file
 from .quality import measure_image_quality
 from .schema import Criterion, Protocol
+from .sweep import (
+    AcquisitionSetting,
+    CohortCases,
+    PhantomGeneratorCases,
+    SweepCase,
+    SyntheticChestCases,
+    TruthLesion,
+    degrade,
+    register_detector,
+    run_sweep,
+    threshold_detector,
+    write_sweep_outputs,
+)
 
 __all__ = [
+    "AcquisitionSetting",
+    "CohortCases",
+    "PhantomGeneratorCases",
+    "SweepCase",
+    "SyntheticChestCases",
+    "TruthLesion",
+    "degrade",
+    "register_detector",
+    "run_sweep",
+    "threshold_detector",
+    "write_sweep_outputs",
     "Check",
     "ConformancePolicy",
     "ConformanceReport",
