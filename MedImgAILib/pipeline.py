@@ -310,16 +310,8 @@ def _protocol(result: AnalysisResult, metadata: Any, volume: Volume, card: Any, 
     candidates = list(getattr(card, "required_protocols", []) or []) or None
     report = check_series(metadata, volume, opts.protocol_id, candidates=candidates)
     decision = (opts.policy or ConformancePolicy()).decide(report)
-    result.protocol = {
-        "id": report.protocol.id if report.protocol else None,
-        "version": report.protocol.version if report.protocol else None,
-        "conformant": report.conformant,
-        "matched_by": report.matched_by,
-        "checks": [c.model_dump(mode="json") for c in report.checks],
-        "image_quality": report.image_quality,
-        "decision": decision.action,
-        "messages": report.messages,
-    }
+    result.protocol = {**report.findings_block(), "decision": decision.action, "messages": report.messages,
+                       "image_quality": report.image_quality}
     if not decision.proceed:
         raise PipelineError(
             f"series {volume.series_instance_uid} does not meet protocol "
