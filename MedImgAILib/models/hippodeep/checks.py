@@ -46,12 +46,19 @@ MIN_SLICES = 32
 ETIV_RANGE_MM3 = (700_000.0, 2_600_000.0)
 #: the fitted native -> template transform must be a plausible head-to-head scaling
 SCALE_RANGE = (0.55, 1.8)
+#: cerebrum / intracranial volume: ~0.8-0.9 in a head T1 (cerebellum, brainstem and CSF make the rest)
+CEREBRUM_FRACTION_RANGE = (0.6, 0.95)
+#: below this on both sides the network found no hippocampus at all: not a head T1
+MIN_HIPPOCAMPUS_ANY_SIDE_MM3 = 300.0
 #: per-side hippocampus volume outside this is reported as a warning (atrophy is real, so no refusal)
 HIPPOCAMPUS_WARN_RANGE_MM3 = (1000.0, 6500.0)
 
 
 def _series_name(volume: Volume) -> str:
-    return f"series {volume.series_instance_uid}" if volume.series_instance_uid else "the image"
+    if volume.series_instance_uid:
+        return f"series {volume.series_instance_uid}"
+    source = volume.extra.get("source_path")
+    return f"{source}" if source else "the image"
 
 
 def _tagged(volume: Volume, dotted: str):
@@ -170,6 +177,18 @@ def check_output(result: "HippodeepResult", volume: Optional[Volume] = None) -> 
         raise UnsupportedInputError(
             f"{name}: cerebrum volume {result.cerebrum_mm3 / 1000:.0f} cm3 against intracranial "
             f"{result.etiv_mm3 / 1000:.0f} cm3 is impossible; the image does not look like a head T1"
+        )
+    frac = result.cerebrum_mm3 / result.etiv_mm3
+    if not CEREBRUM_FRACTION_RANGE[0] <= frac <= CEREBRUM_FRACTION_RANGE[1]:
+        raise UnsupportedInputError(
+            f"{name}: the cerebrum is {frac:.2f} of the intracranial volume (expected "
+            f"{CEREBRUM_FRACTION_RANGE[0]}-{CEREBRUM_FRACTION_RANGE[1]}); the image does not look like a "
+            f"T1-weighted MR of a whole head"
+        )
+    if max(result.hippocampus_left_mm3, result.hippocampus_right_mm3) < MIN_HIPPOCAMPUS_ANY_SIDE_MM3:
+        raise UnsupportedInputError(
+            f"{name}: no hippocampus found (left {result.hippocampus_left_mm3:.0f} mm3, right "
+            f"{result.hippocampus_right_mm3:.0f} mm3); the image does not look like a T1-weighted MR of a head"
         )
     warnings: list[str] = []
     wlo, whi = HIPPOCAMPUS_WARN_RANGE_MM3

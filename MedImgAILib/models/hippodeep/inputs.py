@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -39,9 +40,9 @@ def load_t1(path: str | os.PathLike[str], series_instance_uid: Optional[str] = N
     p = Path(path)
     if not p.exists():
         raise ImageInputError(f"{p} does not exist")
-    if is_nifti_like(p):
-        return load_nifti_qform(p)
-    return load_dicom_series(p, series_instance_uid)
+    vol = load_nifti_qform(p) if is_nifti_like(p) else load_dicom_series(p, series_instance_uid)
+    vol.extra.setdefault("source_path", str(p))  # for messages; never PHI (a path the user typed)
+    return vol
 
 
 # --------------------------------------------------------------------------------------------------
@@ -88,50 +89,81 @@ def load_dicom_series(path: Path, series_instance_uid: Optional[str] = None) -> 
     return _load_dicom_sitk(path, series_instance_uid)
 
 
+def _scan_headers(path: Path) -> list[tuple[Path, Any]]:
+    """(file, header) for every readable DICOM image file in ``path`` (a folder, or a file's folder).
+    Unreadable and non-image files are skipped: folders often hold DICOMDIRs, reports, stray files."""
+    import pydicom
+
+    folder = path if path.is_dir() else path.parent
+    out = []
+    pydicom_log = logging.getLogger("pydicom")
+    level = pydicom_log.level
+    pydicom_log.setLevel(logging.ERROR)  # malformed neighbours are skipped, not reported one by one
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for f in sorted(folder.iterdir()):
+                if not f.is_file():
+                    continue
+                try:
+                    ds = pydicom.dcmread(f, stop_before_pixels=True)
+                except Exception:  # anything unreadable is "not part of a series"
+                    continue
+                if "SeriesInstanceUID" in ds and "ImagePositionPatient" in ds and "Rows" in ds:
+                    out.append((f, ds))
+    finally:
+        pydicom_log.setLevel(level)
+    return out
+
+
 def _load_dicom_sitk(path: Path, series_instance_uid: Optional[str]) -> Volume:
     import pydicom
     import SimpleITK as sitk
 
     from ...dicom.metadata import extract_metadata
 
-    folder = path if path.is_dir() else path.parent
     if path.is_file() and series_instance_uid is None:
         try:
             series_instance_uid = str(pydicom.dcmread(path, stop_before_pixels=True).SeriesInstanceUID)
         except Exception as exc:
-            raise DicomInputError(f"{path} is neither a NIfTI file nor a readable DICOM file: {exc}") from exc
-    uids = list(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
-    if not uids:
+            raise DicomInputError(f"{path} is neither a NIfTI file nor a readable DICOM image file: {exc}") from exc
+    headers = _scan_headers(path)
+    by_series: dict[str, list[tuple[Path, Any]]] = {}
+    for f, ds in headers:
+        by_series.setdefault(str(ds.SeriesInstanceUID), []).append((f, ds))
+    folder = path if path.is_dir() else path.parent
+    if not by_series:
         raise NoSeriesFoundError(f"no DICOM image series found in {folder}")
     if series_instance_uid is None:
-        if len(uids) > 1:
+        if len(by_series) > 1:
             raise DicomInputError(
-                f"{folder} holds {len(uids)} series ({', '.join(uids)}); name one with --series UID"
+                f"{folder} holds {len(by_series)} series ({', '.join(sorted(by_series))}); name one with --series UID"
             )
-        series_instance_uid = uids[0]
-    if series_instance_uid not in uids:
+        series_instance_uid = next(iter(by_series))
+    if series_instance_uid not in by_series:
         raise NoSeriesFoundError(f"series {series_instance_uid} is not in {folder}")
-    files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series_instance_uid)
-    first = pydicom.dcmread(files[0], stop_before_pixels=True)
+    members = by_series[series_instance_uid]
+    first = members[0][1]
+    # order along the slice normal (instance numbers are not reliable)
+    iop = np.array([float(x) for x in first.ImageOrientationPatient])
+    normal = np.cross(iop[:3], iop[3:])
+    members.sort(key=lambda m: float(np.dot(normal, [float(x) for x in m[1].ImagePositionPatient])))
     reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
+    reader.SetFileNames([str(f) for f, _ in members])
     try:
         image = reader.Execute()
     except RuntimeError as exc:
         raise DicomInputError(f"series {series_instance_uid} in {folder} cannot be read as a volume: {exc}") from exc
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise DicomInputError(f"series {series_instance_uid} is not a single-component 3D image")
-    sop_uids = []
-    for f in files:
-        sop_uids.append(str(pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID))
     return Volume.from_sitk(
         image,
         series_instance_uid=series_instance_uid,
         study_instance_uid=str(first.get("StudyInstanceUID", "")),
         frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")),
         modality=str(first.get("Modality", "")),
-        source_sop_instance_uids=sop_uids,
-        source_frame_numbers=[1] * len(sop_uids),
+        source_sop_instance_uids=[str(ds.SOPInstanceUID) for _, ds in members],
+        source_frame_numbers=[1] * len(members),
         source_sop_class_uid=str(first.get("SOPClassUID", "")),
-        metadata=extract_metadata(first, number_of_instances=len(files)),
+        metadata=extract_metadata(first, number_of_instances=len(members)),
     )
