@@ -154,37 +154,44 @@ def check_input(volume: Volume) -> list[str]:
     return warnings
 
 
-def check_output(result: "HippodeepResult", volume: Optional[Volume] = None) -> list[str]:
-    """Refuse results that show the input was not a head T1 (no plausible intracranial volume, or no
-    plausible head-to-template fit); return warnings for unusual but possible values."""
-    vol = volume if volume is not None else result.source
-    name = _series_name(vol)
+def check_head(etiv_mm3: float, cerebrum_mm3: float, volume: Volume) -> None:
+    """After the head network: is there a plausible skull content? (Runs before the hippocampus
+    step, so a wrong image is refused early.)"""
+    name = _series_name(volume)
     lo, hi = ETIV_RANGE_MM3
-    if not lo <= result.etiv_mm3 <= hi:
+    if not lo <= etiv_mm3 <= hi:
         raise UnsupportedInputError(
-            f"{name}: the head network found an intracranial volume of {result.etiv_mm3 / 1000:.0f} cm3 "
+            f"{name}: the head network found an intracranial volume of {etiv_mm3 / 1000:.0f} cm3 "
             f"(expected {lo / 1000:.0f}-{hi / 1000:.0f} cm3); the image does not look like a T1-weighted MR "
             f"of a whole head"
         )
-    scales = np.linalg.svd(result.native_ras_to_mni[:3, :3], compute_uv=False)
-    if scales.min() < SCALE_RANGE[0] or scales.max() > SCALE_RANGE[1]:
-        raise UnsupportedInputError(
-            f"{name}: the fit to the brain template scales the head by {scales.min():.2f}-{scales.max():.2f} "
-            f"(expected {SCALE_RANGE[0]}-{SCALE_RANGE[1]}); the image does not look like a T1-weighted MR "
-            f"of a whole head"
-        )
-    if result.cerebrum_mm3 <= 0 or result.cerebrum_mm3 > result.etiv_mm3:
-        raise UnsupportedInputError(
-            f"{name}: cerebrum volume {result.cerebrum_mm3 / 1000:.0f} cm3 against intracranial "
-            f"{result.etiv_mm3 / 1000:.0f} cm3 is impossible; the image does not look like a head T1"
-        )
-    frac = result.cerebrum_mm3 / result.etiv_mm3
+    frac = cerebrum_mm3 / etiv_mm3
     if not CEREBRUM_FRACTION_RANGE[0] <= frac <= CEREBRUM_FRACTION_RANGE[1]:
         raise UnsupportedInputError(
             f"{name}: the cerebrum is {frac:.2f} of the intracranial volume (expected "
             f"{CEREBRUM_FRACTION_RANGE[0]}-{CEREBRUM_FRACTION_RANGE[1]}); the image does not look like a "
             f"T1-weighted MR of a whole head"
         )
+
+
+def check_registration(native_ras_to_mni: np.ndarray, volume: Volume) -> None:
+    """After the affine network: is the head-to-template fit a plausible scaling?"""
+    scales = np.linalg.svd(np.asarray(native_ras_to_mni)[:3, :3], compute_uv=False)
+    if scales.min() < SCALE_RANGE[0] or scales.max() > SCALE_RANGE[1]:
+        raise UnsupportedInputError(
+            f"{_series_name(volume)}: the fit to the brain template scales the head by "
+            f"{scales.min():.2f}-{scales.max():.2f} (expected {SCALE_RANGE[0]}-{SCALE_RANGE[1]}); the image does "
+            f"not look like a T1-weighted MR of a whole head"
+        )
+
+
+def check_output(result: "HippodeepResult", volume: Optional[Volume] = None) -> list[str]:
+    """Refuse results that show the input was not a head T1; return warnings for unusual but possible
+    values. (``check_head`` and ``check_registration`` also run inside the pipeline, earlier.)"""
+    vol = volume if volume is not None else result.source
+    check_head(result.etiv_mm3, result.cerebrum_mm3, vol)
+    check_registration(result.native_ras_to_mni, vol)
+    name = _series_name(vol)
     if max(result.hippocampus_left_mm3, result.hippocampus_right_mm3) < MIN_HIPPOCAMPUS_ANY_SIDE_MM3:
         raise UnsupportedInputError(
             f"{name}: no hippocampus found (left {result.hippocampus_left_mm3:.0f} mm3, right "

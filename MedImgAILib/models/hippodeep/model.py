@@ -29,7 +29,7 @@ from ...errors import ContentError, WeightsError
 from ...resources import resource_path
 from ...results import AnalysisResult, Code, Finding, ModelRef
 from ...volume import Volume
-from .checks import check_input, check_output
+from .checks import check_head, check_input, check_output, check_registration
 from .pipeline import BINARY_THRESHOLD, HippodeepPipeline, HippodeepResult, ProgressFn
 
 log = logging.getLogger(__name__)
@@ -290,7 +290,12 @@ class HippodeepModel:
         """Run on a T1 ``Volume``; refuses non-T1 / non-head input (``UnsupportedInputError``)."""
         warnings = check_input(volume) if check else []
         with _numerics(self.device, self.threads):
-            result = self.pipeline.run(volume, progress=progress)
+            result = self.pipeline.run(
+                volume,
+                progress=progress,
+                check_head=(lambda etiv, cer: check_head(etiv, cer, volume)) if check else None,
+                check_registration=(lambda m: check_registration(m, volume)) if check else None,
+            )
         if check:
             warnings += check_output(result, volume)
         result.warnings.extend(warnings)

@@ -52,7 +52,7 @@ SOFT_NOISE_FLOOR = 32.0
 #: the binarisation threshold of the uint8 soft masks: >= 128 is the 50 % level after the remap
 BINARY_THRESHOLD = 128
 #: coordinate-grid slab size for the native-space resampling (voxels per slab), bounds peak memory
-_SLAB_VOXELS = 2_000_000
+_SLAB_VOXELS = 1_000_000
 
 _LAS_SIGNS = np.array([-1.0, 1.0, 1.0])  # LAS: +x (R) flipped, +y (A), +z (S)
 
@@ -223,7 +223,15 @@ class HippodeepPipeline:
 
     # --- the pipeline -----------------------------------------------------------------------------
     @torch.inference_mode()
-    def run(self, volume: Volume, progress: Optional[ProgressFn] = None) -> HippodeepResult:
+    def run(
+        self,
+        volume: Volume,
+        progress: Optional[ProgressFn] = None,
+        check_head: Optional[Callable[[float, float], None]] = None,
+        check_registration: Optional[Callable[[np.ndarray], None]] = None,
+    ) -> HippodeepResult:
+        """``check_head(etiv_mm3, cerebrum_mm3)`` and ``check_registration(native_ras_to_mni)`` may raise
+        to stop early (a wrong kind of image costs only the head network)."""
         def step(name: str, frac: float) -> None:
             if progress is not None:
                 progress(name, frac)
@@ -260,6 +268,8 @@ class HippodeepPipeline:
         etiv = float(brain_mask.sum()) * voxvol
         cerebrum = float(cerebrum_mask.sum()) * voxvol
         timings["masks_s"] = time.perf_counter() - t0
+        if check_head is not None:
+            check_head(etiv, cerebrum)
 
         # 5.7 affine to template: input [H1 x H0, H3 x H0] with the raw probabilities
         step("registration", 0.3)
@@ -271,6 +281,8 @@ class HippodeepPipeline:
         w_mni = _normalise_matrix((BOX, BOX, BOX)) @ np.linalg.inv(TEMPLATE_BOX_AFFINE)
         m = np.linalg.inv(w_mni) @ t_inv @ w_nat  # native RAS mm -> MNI mm
         timings["registration_s"] = time.perf_counter() - t0
+        if check_registration is not None:
+            check_registration(m)
 
         # 5.9 crop in template space, sampled from the full-resolution z-scored image
         step("hippocampus", 0.4)
@@ -283,11 +295,14 @@ class HippodeepPipeline:
         crop -= crop.mean()
         crop /= crop.std()
 
-        # 5.10 right side as it is, left side mirrored to look like a right one; one batch of two
-        right_in = crop[6:54, :, 2:66]
-        left_in = crop[100:52:-1, :, 2:66]
-        batch = torch.as_tensor(np.stack([right_in, left_in])[:, None], device=dev)
-        probs = self.hippo(batch)[:, 0].cpu().numpy()  # [2, 44, 68, 60]
+        # 5.10 right side as it is, left side mirrored to look like a right one; one side at a time
+        # (a batch of two doubles the peak memory for no gain in speed on a CPU)
+        probs = np.stack(
+            [
+                self.hippo(torch.as_tensor(np.ascontiguousarray(side)[None, None], device=dev))[0, 0].cpu().numpy()
+                for side in (crop[6:54, :, 2:66], crop[100:52:-1, :, 2:66])
+            ]
+        )  # [2, 44, 68, 60]: right, left
         # stretch 0.5..0.75 to 0.5..1, nothing at or below 0.5, then 0..255
         probs = np.clip((probs - 0.5) * 2 + 0.5, 0, 1) * (probs > 0.5)
         probs = np.clip(probs * 255, 0, 255)

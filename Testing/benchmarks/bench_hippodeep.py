@@ -1,0 +1,117 @@
+"""Benchmark: mr-hippocampus (hippodeep) time per subject and peak memory on the example T1.
+
+    python -m Testing.benchmarks.bench_hippodeep [--runs 3] [--subjects 3]
+
+Each run is a fresh Python process (imports, weight loading, then ``--subjects`` analyses of
+example_brain_t1.nii.gz through ``HippodeepModel.analyze``); it reports process start-up, wall and CPU
+time per subject (``time.perf_counter`` / ``time.process_time``) and peak RSS (``resource.getrusage``).
+Two configurations alternate run by run: this library's default threads (the CPUs available) and the
+original's forced ``torch.set_num_threads(4)``. The original program itself is not in this repository;
+its figures on this machine type come from shared/models/hippodeep/REFERENCE.md (measured with the
+same torch 2.13.0 on 2 logical CPUs): 2.46-2.74 s per warm subject (median 2.55 s), 4.01 s cold,
+peak RSS 0.57-0.63 GB. Targets: no slower than those, peak <= 1 GB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+#: REFERENCE.md, "Runtime on this CPU": the original's own per-subject timer, warm runs 2-5
+ORIGINAL_WARM_S = [2.49, 2.55, 2.74, 2.46]
+ORIGINAL_COLD_S = 4.01
+ORIGINAL_PEAK_GB = 0.631  # /usr/bin/time max RSS, run 1
+TARGET_PEAK_GB = 1.0
+
+
+def shared_dir() -> Path:
+    env = os.environ.get("MEDIMGAI_SHARED")
+    return Path(env) if env else REPO.parent / "shared"
+
+
+def child(subjects: int, threads: int | None) -> None:
+    t_start = time.perf_counter()
+    from MedImgAILib.models.hippodeep import HippodeepModel, load_t1
+
+    hd = shared_dir() / "models" / "hippodeep"
+    model = HippodeepModel.load(weights_dir=hd, device="cpu", threads=threads, offline=True)
+    startup = time.perf_counter() - t_start
+    walls, cpus, vols = [], [], []
+    for _ in range(subjects):
+        w0, c0 = time.perf_counter(), time.process_time()
+        volume = load_t1(hd / "example_brain_t1.nii.gz")  # reading is part of a subject, as in the original's timer
+        r = model.analyze(volume)
+        walls.append(time.perf_counter() - w0)
+        cpus.append(time.process_time() - c0)
+        vols.append([r.etiv_mm3, r.hippocampus_left_mm3, r.hippocampus_right_mm3])
+    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print(json.dumps({"startup_s": startup, "wall_s": walls, "cpu_s": cpus, "peak_gb": peak_kb / 1024**2,
+                      "threads": model.threads, "volumes": vols[-1]}))
+
+
+def run_child(subjects: int, threads: int | None) -> dict:
+    cmd = [sys.executable, "-m", "Testing.benchmarks.bench_hippodeep", "--child", "--subjects", str(subjects)]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    if p.returncode != 0:
+        raise SystemExit(f"benchmark child failed:\n{p.stderr}")
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    out["process_s"] = time.perf_counter() - t0
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3, help="processes per configuration (alternating)")
+    ap.add_argument("--subjects", type=int, default=3, help="subjects analysed per process")
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        child(args.subjects, args.threads)
+        return 0
+
+    configs = {"ours (default threads)": None, "ours, 4 threads as the original": 4}
+    results: dict[str, list[dict]] = {k: [] for k in configs}
+    for i in range(args.runs):
+        for name, threads in configs.items():
+            results[name].append(run_child(args.subjects, threads))
+            print(f"run {i + 1}/{args.runs} {name}: done", file=sys.stderr)
+
+    orig_warm = statistics.median(ORIGINAL_WARM_S)
+    print(f"hippodeep benchmark: example_brain_t1 (137x137x93, 1.75 mm), {args.runs} processes x {args.subjects} subjects "
+          f"per configuration, load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    print(f"original (REFERENCE.md, same machine type): warm {orig_warm:.2f} s/subject (median of "
+          f"{ORIGINAL_WARM_S}), cold {ORIGINAL_COLD_S:.2f} s, peak RSS {ORIGINAL_PEAK_GB:.2f} GB")
+    header = f"{'configuration':<34} {'threads':>7} {'first s':>8} {'warm s':>7} {'warm cpu s':>10} {'startup s':>9} {'peak GB':>8} {'warm/orig':>9} {'first/orig cold':>15}"
+    print(header)
+    for name, runs in results.items():
+        first = statistics.median(r["wall_s"][0] for r in runs)
+        warm = statistics.median(w for r in runs for w in r["wall_s"][1:]) if args.subjects > 1 else first
+        warm_cpu = statistics.median(c for r in runs for c in r["cpu_s"][1:]) if args.subjects > 1 else runs[0]["cpu_s"][0]
+        startup = statistics.median(r["startup_s"] for r in runs)
+        peak = max(r["peak_gb"] for r in runs)
+        print(f"{name:<34} {runs[0]['threads']:>7} {first:>8.2f} {warm:>7.2f} {warm_cpu:>10.2f} {startup:>9.2f} "
+              f"{peak:>8.2f} {warm / orig_warm:>9.2f} {first / ORIGINAL_COLD_S:>15.2f}")
+    ours = results["ours (default threads)"]
+    warm = statistics.median(w for r in ours for w in r["wall_s"][1:]) if args.subjects > 1 else statistics.median(r["wall_s"][0] for r in ours)
+    peak = max(r["peak_gb"] for r in ours)
+    print(f"target: warm s/subject <= original ({orig_warm:.2f} s): {'met' if warm <= orig_warm else 'NOT met'} "
+          f"(ratio {warm / orig_warm:.2f}); peak <= {TARGET_PEAK_GB:.1f} GB: {'met' if peak <= TARGET_PEAK_GB else 'NOT met'} ({peak:.2f} GB)")
+    print(f"volumes (last run): eTIV {ours[-1]['volumes'][0]:.1f}, hippocampus L {ours[-1]['volumes'][1]:.3f}, R {ours[-1]['volumes'][2]:.3f} mm3")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
