@@ -51,10 +51,31 @@ def chest_ct_like(offset_hu: float = 0.0) -> Volume:
 
 
 # --- refused before the model runs ----------------------------------------------------------------
-def test_real_ct_file_is_refused_by_modality():
-    ct = Path(pydicom.data.get_testdata_file("CT_small.dcm"))
+@pytest.fixture
+def ct_small(tmp_path) -> Path:
+    """pydicom's real CT slice, alone in a folder (as a user would point at one)."""
+    (tmp_path / "ct").mkdir()
+    return Path(shutil.copy(pydicom.data.get_testdata_file("CT_small.dcm"), tmp_path / "ct" / "CT_small.dcm"))
+
+
+def test_real_ct_file_is_refused_by_modality(ct_small):
     with pytest.raises(UnsupportedInputError, match="modality CT"):
-        check_input(load_t1(ct))
+        check_input(load_t1(ct_small))
+
+
+@pytest.mark.slow
+def test_phantom_chest_ct_series_is_refused(tmp_path):
+    from MedImgAILib.phantoms.generate import write_phantom_series
+    from MedImgAILib.phantoms.spec import AcquisitionSpec, PhantomSpec
+
+    write_phantom_series(PhantomSpec(acquisition=AcquisitionSpec(matrix=96, slice_thickness_mm=5.0)), tmp_path / "chest")
+    v = load_t1(tmp_path / "chest")
+    with pytest.raises(UnsupportedInputError, match=f"series {v.series_instance_uid} has modality CT"):
+        check_input(v)
+    # the same voxels without any header (as a NIfTI conversion would be): the HU values refuse it
+    bare = Volume(array=v.array, affine=v.affine)
+    with pytest.raises(UnsupportedInputError, match="Hounsfield"):
+        check_input(bare)
 
 
 def test_chest_ct_volume_is_refused(t1):
@@ -167,9 +188,8 @@ def test_card_lists_the_published_files():
     assert card["weights"]["licence"] == "MIT" and "10.1016/j.media.2017.11.004" in card["source"]
 
 
-def test_cli_refuses_ct_in_one_line():
-    ct = pydicom.data.get_testdata_file("CT_small.dcm")
-    p = subprocess.run([sys.executable, "-m", "MedImgAILib", "hippodeep", ct, "--weights-dir", str(HD), "--offline"],
+def test_cli_refuses_ct_in_one_line(ct_small):
+    p = subprocess.run([sys.executable, "-m", "MedImgAILib", "hippodeep", str(ct_small), "--weights-dir", str(HD), "--offline"],
                        cwd=REPO, capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
     assert p.stderr.strip().splitlines() == [p.stderr.strip()] and "modality CT" in p.stderr

@@ -115,6 +115,18 @@ def check_input(volume: Volume) -> list[str]:
             f"{name}: body part examined is {body}; mr-hippocampus needs an MR of the head"
         )
 
+    # intensities: MR magnitude images are not negative; CT in HU is mostly -1000 (air)
+    arr = np.asarray(volume.array)
+    if arr.size and (np.issubdtype(arr.dtype, np.signedinteger) or np.issubdtype(arr.dtype, np.floating)):
+        low = float(np.percentile(arr[:: max(1, arr.shape[0] // 16)], 5))
+        if low < -100.0:
+            raise UnsupportedInputError(
+                f"{name}: 5 % of voxels are below {low:.0f}, which looks like CT Hounsfield units, not MR "
+                f"magnitude; mr-hippocampus needs a T1-weighted MR of the head"
+            )
+    if arr.size == 0 or float(arr.max()) == float(arr.min()):
+        raise UnsupportedInputError(f"{name} has constant intensity; there is no image to analyse")
+
     # geometry: a 3D volume that holds a whole head
     shape = volume.shape_ijk
     if min(shape) < MIN_SLICES:
@@ -140,17 +152,6 @@ def check_input(volume: Volume) -> list[str]:
             f"the whole head in the field of view (at least {MIN_EXTENT_MM:g} mm along every axis)"
         )
 
-    # intensities: MR magnitude images are not negative; CT in HU is mostly -1000 (air)
-    arr = np.asarray(volume.array)
-    if arr.size and (np.issubdtype(arr.dtype, np.signedinteger) or np.issubdtype(arr.dtype, np.floating)):
-        low = float(np.percentile(arr[:: max(1, arr.shape[0] // 16)], 5))
-        if low < -100.0:
-            raise UnsupportedInputError(
-                f"{name}: 5 % of voxels are below {low:.0f}, which looks like CT Hounsfield units, not MR "
-                f"magnitude; mr-hippocampus needs a T1-weighted MR of the head"
-            )
-    if arr.size == 0 or float(arr.max()) == float(arr.min()):
-        raise UnsupportedInputError(f"{name} has constant intensity; there is no image to analyse")
     return warnings
 
 
