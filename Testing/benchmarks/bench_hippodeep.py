@@ -17,10 +17,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -58,23 +61,49 @@ def child(subjects: int, threads: int | None) -> None:
                       "threads": model.threads, "volumes": vols[-1]}))
 
 
+def run_measured(cmd: list[str], cwd: Path) -> tuple[str, float, float, float]:
+    """Run a child; return (stdout, wall s, CPU s user+sys, peak RSS GB) from its own rusage."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, cwd=cwd, stdout=out, stderr=err, text=True)
+        _, status, ru = os.wait4(p.pid, 0)
+        wall = time.perf_counter() - t0
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        if p.returncode != 0:
+            raise SystemExit(f"benchmark child {cmd} failed:\n{err.read()}")
+        return out.read(), wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024**2
+
+
 def run_child(subjects: int, threads: int | None) -> dict:
     cmd = [sys.executable, "-m", "Testing.benchmarks.bench_hippodeep", "--child", "--subjects", str(subjects)]
     if threads:
         cmd += ["--threads", str(threads)]
-    t0 = time.perf_counter()
-    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
-    if p.returncode != 0:
-        raise SystemExit(f"benchmark child failed:\n{p.stderr}")
-    out = json.loads(p.stdout.strip().splitlines()[-1])
-    out["process_s"] = time.perf_counter() - t0
+    stdout, wall, _cpu, peak = run_measured(cmd, REPO)
+    out = json.loads(stdout.strip().splitlines()[-1])
+    out["process_s"], out["peak_gb"] = wall, peak
     return out
+
+
+def run_original(original_dir: Path) -> dict:
+    """The upstream program from a checkout (``hippodeep.py`` + ``torchparams/``), on a copy of the
+    example in a scratch folder; its own per-subject timer ("Elapsed time for subject")."""
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(shared_dir() / "models" / "hippodeep" / "example_brain_t1.nii.gz", tmp)
+        stdout, wall, cpu, peak = run_measured([sys.executable, str(original_dir / "hippodeep.py"), "example_brain_t1.nii.gz"], Path(tmp))
+    m = re.search(r"Elapsed time for subject\s+([0-9.]+)s", stdout)
+    if not m:
+        raise SystemExit(f"no 'Elapsed time for subject' in the original's output:\n{stdout}")
+    return {"wall_s": [float(m.group(1))], "process_s": wall, "cpu_process_s": cpu, "peak_gb": peak}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3, help="processes per configuration (alternating)")
     ap.add_argument("--subjects", type=int, default=3, help="subjects analysed per process")
+    ap.add_argument("--original", metavar="DIR", type=Path,
+                    help="a checkout of bthyreau/hippodeep_pytorch: run it too, alternating, as the same-run reference")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--threads", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -84,12 +113,22 @@ def main(argv: list[str] | None = None) -> int:
 
     configs = {"ours (default threads)": None, "ours, 4 threads as the original": 4}
     results: dict[str, list[dict]] = {k: [] for k in configs}
+    original: list[dict] = []
     for i in range(args.runs):
         for name, threads in configs.items():
             results[name].append(run_child(args.subjects, threads))
             print(f"run {i + 1}/{args.runs} {name}: done", file=sys.stderr)
+        if args.original:
+            original.append(run_original(args.original))
+            print(f"run {i + 1}/{args.runs} original: done", file=sys.stderr)
 
     orig_warm = statistics.median(ORIGINAL_WARM_S)
+    if original:
+        # same-run reference: the original's first (only) subject per process is a cold one
+        orig_cold = statistics.median(r["wall_s"][0] for r in original)
+        print(f"original, measured in this run ({len(original)} processes): {orig_cold:.2f} s/subject "
+              f"(its own timer, one subject per process), process {statistics.median(r['process_s'] for r in original):.2f} s, "
+              f"peak RSS {max(r['peak_gb'] for r in original):.2f} GB")
     print(f"hippodeep benchmark: example_brain_t1 (137x137x93, 1.75 mm), {args.runs} processes x {args.subjects} subjects "
           f"per configuration, load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     print(f"original (REFERENCE.md, same machine type): warm {orig_warm:.2f} s/subject (median of "
@@ -107,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     ours = results["ours (default threads)"]
     warm = statistics.median(w for r in ours for w in r["wall_s"][1:]) if args.subjects > 1 else statistics.median(r["wall_s"][0] for r in ours)
     peak = max(r["peak_gb"] for r in ours)
+    if original:
+        ours_first = statistics.median(r["wall_s"][0] for r in ours)
+        print(f"same-run ratio, first subject per process (ours / original): {ours_first / orig_cold:.2f}")
     print(f"target: warm s/subject <= original ({orig_warm:.2f} s): {'met' if warm <= orig_warm else 'NOT met'} "
           f"(ratio {warm / orig_warm:.2f}); peak <= {TARGET_PEAK_GB:.1f} GB: {'met' if peak <= TARGET_PEAK_GB else 'NOT met'} ({peak:.2f} GB)")
     print(f"volumes (last run): eTIV {ours[-1]['volumes'][0]:.1f}, hippocampus L {ours[-1]['volumes'][1]:.3f}, R {ours[-1]['volumes'][2]:.3f} mm3")
