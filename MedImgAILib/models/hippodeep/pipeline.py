@@ -209,6 +209,8 @@ class HippodeepPipeline:
 
     def __init__(self, head: HeadNet, affine: AffineNet, hippo: HippoNet, device: torch.device) -> None:
         self.device = device
+        # resampling runs where 3-D grid_sample exists (CPU, CUDA); the networks run on ``device``
+        self.resample_device = device if device.type in ("cpu", "cuda") else torch.device("cpu")
         self.head = head.to(device).eval()
         self.affine_net = affine.to(device).eval()
         self.hippo = hippo.to(device).eval()
@@ -239,12 +241,12 @@ class HippodeepPipeline:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         nat = _NativeGrid(volume)
-        dev = self.device
+        dev, rdev = self.device, self.resample_device
 
         # 5.1 z-score over the whole volume (background included), float32, population std
         d = nat.data
         d = (d - d.mean()) / d.std()
-        d_t = torch.as_tensor(d, device=dev)
+        d_t = torch.as_tensor(d, device=rdev)
         voxvol = float(abs(np.linalg.det(nat.affine)))
         perm = _las_permutation(nat.affine)
 
@@ -254,17 +256,17 @@ class HippodeepPipeline:
         uu = np.stack(np.meshgrid(u64, u64, u64, indexing="ij"), axis=-1)  # LAS normalised, axis order
         box_grid = _apply_f32(uu, perm)  # exact: a signed permutation
         box = _grid_sample(d_t, box_grid)
-        heads = self.head(box[None, None])[0]  # [4, 64, 64, 64]
+        heads = self.head(box[None, None].to(dev))[0]  # [4, 64, 64, 64]
         timings["head_s"] = time.perf_counter() - t0
 
         # 5.4 intracranial mask; 5.5 cerebrum = largest 6-connected component of H2 > 0.01
-        h0 = heads[0]
+        h0 = heads[0].to(rdev)
         h2 = heads[2].cpu().numpy().copy()
         labels, n_cc = scipy.ndimage.label(h2 > 0.01)
         if n_cc > 0:
             largest = int(np.bincount(labels.ravel())[1:].argmax()) + 1
             h2 *= labels == largest
-        brain_mask, cerebrum_mask = self._box_to_native([h0, torch.as_tensor(h2, device=dev)], nat.shape, perm)
+        brain_mask, cerebrum_mask = self._box_to_native([h0, torch.as_tensor(h2, device=rdev)], nat.shape, perm)
         etiv = float(brain_mask.sum()) * voxvol
         cerebrum = float(cerebrum_mask.sum()) * voxvol
         timings["masks_s"] = time.perf_counter() - t0
@@ -273,7 +275,7 @@ class HippodeepPipeline:
 
         # 5.7 affine to template: input [H1 x H0, H3 x H0] with the raw probabilities
         step("registration", 0.3)
-        t_mat = self.affine_net((heads[[1, 3]] * h0)[None])[0].cpu().numpy()  # float32
+        t_mat = self.affine_net((heads[[1, 3]] * heads[0])[None])[0].cpu().numpy()  # float32
         # T is inverted in float32, on its transpose, as the original does: M then goes through
         # float32 casts, and a float64 inverse moves their last bits
         t_inv = np.linalg.inv(np.ascontiguousarray(t_mat.T)).T.astype(np.float64)
@@ -320,8 +322,8 @@ class HippodeepPipeline:
         for side, crop_side in (("left", crop_l), ("right", crop_r)):
             # the original hands grid_sample the crop transposed ([68, 72, 107]) and the box's
             # coordinates swapped to match; trilinear sums round differently per layout, so keep it
-            img_t = torch.as_tensor(np.ascontiguousarray(crop_side.T), device=dev)
-            g = torch.as_tensor(np.ascontiguousarray(np.swapaxes(crop_norm_pts, 0, 2)), device=dev)
+            img_t = torch.as_tensor(np.ascontiguousarray(crop_side.T), device=rdev)
+            g = torch.as_tensor(np.ascontiguousarray(np.swapaxes(crop_norm_pts, 0, 2)), device=rdev)
             vals = F.grid_sample(img_t[None, None], g[None], mode="bilinear", padding_mode="zeros", align_corners=True)
             dn = vals[0, 0].permute(2, 1, 0).cpu().numpy()
             dn[dn < SOFT_NOISE_FLOOR] = 0
@@ -368,7 +370,7 @@ class HippodeepPipeline:
             ci = c16[0][i0 : i0 + slab].astype(np.float32)
             vv = np.stack(np.meshgrid(ci, cj, ck, indexing="ij"), axis=-1)
             uu = (vv @ p_t.T.astype(np.float32)).astype(np.float32)
-            g = torch.as_tensor(uu, device=self.device)
+            g = torch.as_tensor(uu, device=self.resample_device)
             for mp, out in zip(maps, outs):
                 out[i0 : i0 + slab] = (_grid_sample(mp, g) > 0.5).cpu().numpy()
         return outs
