@@ -80,9 +80,12 @@ def nifti_volume() -> Volume:
     return load_t1(hd_dir() / "example_brain_t1.nii.gz")
 
 
+PROGRESS: list[tuple[str, float]] = []
+
+
 @pytest.fixture(scope="module")
 def nifti_result(model: HippodeepModel, nifti_volume: Volume) -> HippodeepResult:
-    return model.analyze(nifti_volume)
+    return model.analyze(nifti_volume, progress=lambda step, frac: PROGRESS.append((step, frac)))
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +145,23 @@ def test_masks_match_the_original(nifti_result: HippodeepResult):
         assert dice(mine >= BINARY_THRESHOLD, ref >= BINARY_THRESHOLD) >= 0.99
         assert np.abs(mine.astype(int) - ref.astype(int)).max() <= 1  # uint8 truncation at most
         assert set(np.unique(mine)) <= {0} | set(range(32, 256))
+
+
+def test_progress_is_reported_in_order(nifti_result: HippodeepResult):
+    assert [step for step, _ in PROGRESS] == ["head", "registration", "hippocampus", "native", "done"]
+    fractions = [f for _, f in PROGRESS]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+
+
+def test_cancelling_through_progress_stops_the_run(model: HippodeepModel, nifti_volume: Volume):
+    from MedImgAILib.errors import CancelledError
+
+    def cancel_at_registration(step: str, frac: float) -> None:
+        if step == "registration":
+            raise CancelledError("cancelled by the user")
+
+    with pytest.raises(CancelledError):
+        model.analyze(nifti_volume, progress=cancel_at_registration)
 
 
 def test_left_is_the_patients_left(nifti_result: HippodeepResult):

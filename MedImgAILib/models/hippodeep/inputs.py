@@ -61,7 +61,7 @@ def load_nifti_qform(path: Path) -> Volume:
             )
         affine_ras = img.get_qform()  # the quaternion matrix, whatever qform_code says (SPEC.md 5.1)
         if not np.allclose(img.get_sform(), affine_ras, atol=1e-4):
-            log.info("%s: the sform differs from the qform; using the qform as the original method does", path.name)
+            log.info("the NIfTI sform differs from its qform; using the qform, as the original method does")
     else:
         affine_ras = img.affine
     data = np.asanyarray(img.dataobj)
