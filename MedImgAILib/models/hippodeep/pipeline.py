@@ -195,8 +195,7 @@ def _linspace_grid(shape: tuple[int, int, int], dtype) -> list[np.ndarray]:
 def _grid_sample(image: torch.Tensor, grid_axes_order: np.ndarray | torch.Tensor) -> torch.Tensor:
     """Trilinear, zero padding, align_corners=True. ``grid_axes_order[..., c]`` holds the normalised
     coordinate along array axis c of ``image`` ([D, H, W]); grid_sample wants them reversed (x=W)."""
-    g = torch.as_tensor(grid_axes_order, device=image.device)
-    g = g.flip(-1) if g.shape[-1] == 3 else g
+    g = torch.as_tensor(grid_axes_order, device=image.device).flip(-1)
     return F.grid_sample(image[None, None], g[None], mode="bilinear", padding_mode="zeros", align_corners=True)[0, 0]
 
 
@@ -204,8 +203,9 @@ def _grid_sample(image: torch.Tensor, grid_axes_order: np.ndarray | torch.Tensor
 # The model
 # --------------------------------------------------------------------------------------------------
 class HippodeepPipeline:
-    """The three networks plus the SPEC.md pipeline. Build with ``from_state_dicts`` /
-    ``from_weight_files``; ``run(volume)`` gives a ``HippodeepResult``."""
+    """The three networks plus the SPEC.md pipeline. Build with ``from_state_dicts`` (or through
+    ``model.HippodeepModel.load``, which finds and checks the weight files); ``run(volume)`` gives a
+    ``HippodeepResult``."""
 
     def __init__(self, head: HeadNet, affine: AffineNet, hippo: HippoNet, device: torch.device) -> None:
         self.device = device
@@ -234,6 +234,7 @@ class HippodeepPipeline:
     ) -> HippodeepResult:
         """``check_head(etiv_mm3, cerebrum_mm3)`` and ``check_registration(native_ras_to_mni)`` may raise
         to stop early (a wrong kind of image costs only the head network)."""
+
         def step(name: str, frac: float) -> None:
             if progress is not None:
                 progress(name, frac)
