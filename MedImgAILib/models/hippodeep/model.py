@@ -151,6 +151,16 @@ def _download(wf: WeightFile, dest: Path, show_progress: bool) -> None:
         raise
 
 
+def _project_resolver():
+    """The model registry's card schema and weights resolver (``MedImgAILib.models``), when present."""
+    try:
+        from ..card import ModelCard, WeightsSpec
+        from ..weights import resolve_weights
+    except ImportError:
+        return None
+    return ModelCard, WeightsSpec, resolve_weights
+
+
 def resolve_weight_files(
     card: dict[str, Any],
     weights_dir: Optional[str | os.PathLike[str]] = None,
@@ -158,8 +168,21 @@ def resolve_weight_files(
     offline: Optional[bool] = None,
     show_progress: bool = False,
 ) -> dict[str, Path]:
-    """role -> a local, sha256-checked file."""
+    """role -> a local, sha256-checked file. Uses the registry's resolver (one file per call, the
+    card's ``weights`` swapped for each of the three) when it is installed, this module's otherwise;
+    both follow the same order (directory, cache, download) and environment variables."""
     files = weight_files(card)
+    project = _project_resolver()
+    if project is not None:
+        model_card_cls, weights_spec_cls, resolve = project
+        model_card = model_card_cls.model_validate(card)
+        out = {}
+        for role, wf in files.items():
+            spec = weights_spec_cls(url=wf.url, sha256=wf.sha256, size_bytes=wf.size_bytes, licence=wf.licence,
+                                    filename=wf.filename)
+            out[role] = Path(resolve(model_card.model_copy(update={"weights": spec}), weights_dir=weights_dir,
+                                     offline=offline, show_progress=show_progress))
+        return out
     offline = _offline() if offline is None else offline
     directory = Path(weights_dir) if weights_dir else (Path(os.environ["MEDIMGAI_WEIGHTS_DIR"]) if os.environ.get("MEDIMGAI_WEIGHTS_DIR") else None)
     out: dict[str, Path] = {}
