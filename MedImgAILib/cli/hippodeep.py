@@ -82,6 +82,7 @@ def write_outputs(out_dir: Path, result, analysis) -> list[Path]:
     _atomic_write_text(out_dir / "volumes.csv", buf.getvalue())
     written.append(out_dir / "volumes.csv")
     analysis.outputs.label_map = str(out_dir / "hippocampus_labels.nii.gz")
+    analysis.outputs.instance_map = analysis.outputs.label_map  # one value per finding (1 left, 2 right)
     written.append(analysis.write(out_dir / "findings.json"))
     return written
 

@@ -182,6 +182,10 @@ def test_findings_json(model: HippodeepModel, nifti_result: HippodeepResult, tmp
     a = model.to_analysis_result(nifti_result)
     assert [f.label for f in a.findings] == ["Left hippocampus", "Right hippocampus"]
     assert [f.side for f in a.findings] == ["left", "right"]
+    # the label map is the export stage's instance map: one value per finding
+    lm = nifti_result.label_map()
+    for f, mask in zip(a.findings, (nifti_result.hippocampus_left_mask(), nifti_result.hippocampus_right_mask())):
+        np.testing.assert_array_equal(lm == f.instance_value, mask.astype(bool))
     assert a.findings[0].volume_mm3 == pytest.approx(REF_HIPPO_L_MM3, rel=VOLUME_TOLERANCE)
     assert a.findings[0].finding_code.value == "5366008" and a.findings[0].finding_code.scheme == "SCT"
     m = a.study_measurements

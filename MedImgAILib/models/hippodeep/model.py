@@ -345,6 +345,7 @@ class HippodeepModel:
                     id=f"F{fid}",
                     label=label,
                     label_value=value,
+                    instance_value=value,  # its voxels in ``result.label_map()`` (the instance map)
                     side=side,
                     volume_mm3=mm3,
                     center_lps_mm=center,
