@@ -186,6 +186,9 @@ def test_findings_json(model: HippodeepModel, nifti_result: HippodeepResult, tmp
     lm = nifti_result.label_map()
     for f, mask in zip(a.findings, (nifti_result.hippocampus_left_mask(), nifti_result.hippocampus_right_mask())):
         np.testing.assert_array_equal(lm == f.instance_value, mask.astype(bool))
+        # key images show the slice with the largest cross-section
+        areas = mask.reshape(mask.shape[0], -1).sum(1)
+        assert f.slice_index is not None and areas[f.slice_index] == areas.max() > 0
     assert a.findings[0].volume_mm3 == pytest.approx(REF_HIPPO_L_MM3, rel=VOLUME_TOLERANCE)
     assert a.findings[0].finding_code.value == "5366008" and a.findings[0].finding_code.scheme == "SCT"
     m = a.study_measurements

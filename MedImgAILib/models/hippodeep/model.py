@@ -337,9 +337,12 @@ class HippodeepModel:
         ):
             mask = soft >= BINARY_THRESHOLD
             center: list[float] = []
+            key_slice = None
             if mask.any():
                 kji = np.argwhere(mask).mean(0)
                 center = [float(x) for x in src.ijk_to_lps(kji[::-1])]
+                # the k slice with the largest cross-section: where key images show this finding
+                key_slice = int(mask.reshape(mask.shape[0], -1).sum(1).argmax())
             findings.append(
                 Finding(
                     id=f"F{fid}",
@@ -349,6 +352,7 @@ class HippodeepModel:
                     side=side,
                     volume_mm3=mm3,
                     center_lps_mm=center,
+                    slice_index=key_slice,
                     location=f"{lat.meaning} hippocampus",
                     finding_code=HIPPOCAMPUS,
                     site_code=BRAIN,
