@@ -16,6 +16,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 
@@ -92,7 +93,7 @@ def nifti_result(model: HippodeepModel, nifti_volume: Volume) -> HippodeepResult
 def dicom_series(nifti_volume: Volume, tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("t1dicom")
     out = {}
-    for orientation in ("axial", "sagittal"):
+    for orientation in ("axial", "sagittal", "coronal"):
         write_mr_series(nifti_volume, root / orientation, orientation)
         out[orientation] = root / orientation
     return out
@@ -100,7 +101,8 @@ def dicom_series(nifti_volume: Volume, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def dicom_results(model: HippodeepModel, dicom_series: dict[str, Path]) -> dict[str, HippodeepResult]:
-    return {o: model.analyze(load_t1(p)) for o, p in dicom_series.items()}
+    # the two acquisitions a site runs for volumetry; coronal is checked for geometry only
+    return {o: model.analyze(load_t1(dicom_series[o])) for o in ("axial", "sagittal")}
 
 
 # --- the NIfTI path against the original ----------------------------------------------------------
@@ -210,7 +212,9 @@ def test_written_series_are_valid_mr_images(dicom_series: dict[str, Path]):
     tool = require_tool("dciodvfy")
     for orientation, folder in dicom_series.items():
         files = sorted(folder.glob("*.dcm"))
-        assert len(files) == {"axial": 93, "sagittal": 137}[orientation]
+        assert len(files) == {"axial": 93, "sagittal": 137, "coronal": 137}[orientation]
+        iop = [float(x) for x in pydicom.dcmread(files[0], stop_before_pixels=True).ImageOrientationPatient]
+        assert iop == {"axial": [1, 0, 0, 0, 1, 0], "sagittal": [0, 1, 0, 0, 0, -1], "coronal": [1, 0, 0, 0, 0, -1]}[orientation]
         for f in (files[0], files[len(files) // 2]):
             p = subprocess.run([tool, str(f)], capture_output=True, text=True, timeout=60)
             problems = [l for l in (p.stdout + p.stderr).splitlines() if l.startswith(("Error", "Warning"))]
