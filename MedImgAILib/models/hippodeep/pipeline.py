@@ -147,7 +147,8 @@ class _NativeGrid:
         if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
             raise TypeError(f"image voxels must be real numbers, got {arr.dtype}")
         # [k, j, i] C-order is the same memory as [i, j, k] F-order (what nibabel hands the original)
-        self.data = arr.astype(np.float32, copy=False).transpose(2, 1, 0)
+        # (C-contiguous first: a flipped or sliced view would have strides torch cannot take)
+        self.data = np.ascontiguousarray(arr, dtype=np.float32).transpose(2, 1, 0)
         self.affine = self._LPS_TO_RAS @ volume.affine
         self.shape = tuple(int(n) for n in self.data.shape)
 
