@@ -261,6 +261,47 @@ def test_an_oblique_head_is_handled_without_resampling(model: HippodeepModel, ni
     np.testing.assert_array_equal(r.brain_mask, nifti_result.brain_mask)
 
 
+@pytest.mark.slow
+def test_results_export_as_seg_sr_and_key_images(model: HippodeepModel, dicom_series, dicom_results, tmp_path: Path):
+    """Through the export stage: a SEG of both hippocampi (binary at the documented threshold) that
+    dcmqi reads back voxel for voxel, an SR with the volumes, key images; dciodvfy finds no errors."""
+    from MedImgAILib.export import export_study
+    from MedImgAILib.export.common import DeviceInfo
+
+    r = dicom_results["axial"]
+    a = model.to_analysis_result(r)
+    by_uid = {str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID): f for f in dicom_series["axial"].glob("*.dcm")}
+    sources = [by_uid[u] for u in r.source.source_sop_instance_uids]  # the volume's k order
+    out = export_study(tmp_path / "export", r.source, r.label_map(), a.findings, sources,
+                       DeviceInfo(model_id="mr-hippocampus", model_version=model.version),
+                       study_measurements=a.study_measurements)
+    assert out.seg is not None and len(out.key_images) == 2
+    tool = require_tool("dciodvfy")
+    for obj in (out.seg, out.sr, *out.key_images):
+        p = subprocess.run([tool, str(obj)], capture_output=True, text=True, timeout=60)
+        errors = [l for l in (p.stdout + p.stderr).splitlines() if l.startswith("Error")]
+        assert errors == [], f"{obj.name}: {errors}"
+    # dcmqi's binaries live in the venv's bin beside the interpreter running the tests
+    beside = Path(sys.executable).parent / "segimage2itkimage"
+    seg_reader = str(beside) if beside.exists() else require_tool("segimage2itkimage")
+    (tmp_path / "dcmqi").mkdir()
+    p = subprocess.run([seg_reader, "--inputDICOM", str(out.seg), "--outputDirectory", str(tmp_path / "dcmqi"), "-t", "nii"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    counts = sorted(int(np.asanyarray(nib.load(f).dataobj).astype(bool).sum()) for f in (tmp_path / "dcmqi").glob("*.nii*"))
+    assert counts == sorted([int(r.hippocampus_left_mask().sum()), int(r.hippocampus_right_mask().sum())])
+    sr = pydicom.dcmread(out.sr)
+    values = {round(float(item.MeasuredValueSequence[0].NumericValue), 1)
+              for item in _walk_content(sr) if "MeasuredValueSequence" in item}
+    assert round(r.hippocampus_left_mm3, 1) in values and round(r.etiv_mm3, 1) in values
+
+
+def _walk_content(ds):
+    for item in getattr(ds, "ContentSequence", []):
+        yield item
+        yield from _walk_content(item)
+
+
 # --- the command line -----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_cli_prints_and_writes_the_volumes(tmp_path: Path):
