@@ -198,3 +198,19 @@ def test_cli_refuses_ct_in_one_line(ct_small):
 
 def test_errors_are_medimgai_errors():
     assert issubclass(UnsupportedInputError, MedImgAIError) and issubclass(ImageInputError, MedImgAIError)
+
+
+def test_the_cards_protocol_recognises_the_written_t1_series(t1, tmp_path):
+    """The card's required protocol is in the protocol library, picks out the T1 MPRAGE series the
+    converter writes, and finds what this module also warns about: 1.75 mm voxels (protocol <= 1.5)."""
+    from MedImgAILib.protocols.conformance import check_series
+    from MedImgAILib.protocols.library import default_library
+
+    card = load_card_data()
+    write_mr_series(t1, tmp_path / "s", "sagittal")
+    v = load_t1(tmp_path / "s")
+    match = default_library().match(v.metadata, candidates=card["required_protocols"])
+    assert match is not None and match.protocol.id == "mr-brain-3d-t1-volumetric"
+    report = check_series(v.metadata, v, match.protocol.id)
+    failed = [c.name for c in report.checks if c.status == "fail"]
+    assert failed == ["voxel_size"]
