@@ -14,6 +14,7 @@ from ..errors import MedImgAIError
 
 #: command modules, in the order their commands appear in ``--help``
 COMMAND_MODULES: list[str] = [
+    "models", "infer", "train",
 ]
 
 
