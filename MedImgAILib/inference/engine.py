@@ -133,8 +133,10 @@ def run_model(
     options: Optional[RunOptions] = None,
     progress: Optional[ProgressCallback] = None,
     cancel: Optional[threading.Event] = None,
+    runner: Optional[Runner] = None,
 ) -> InferenceResult:
-    """Run a model on a volume; outputs lie on ``volume``'s grid."""
+    """Run a model on a volume; outputs lie on ``volume``'s grid. ``runner`` replaces the card's
+    (evaluation of candidate weights, benchmarks)."""
     t0 = time.perf_counter()
     card = model if isinstance(model, ModelCard) else get_card(model)
     if card.input.modality and volume.modality and volume.modality.upper() != card.input.modality.upper():
@@ -146,8 +148,9 @@ def run_model(
         torch.set_num_threads(opts.num_threads)
     ctx = RunContext(card=card, device=dev, options=opts, progress=progress, cancel=cancel)
     try:
-        with ctx.timed("load_weights"):
-            runner = make_runner(card, weights_dir=weights_dir, offline=offline)
+        if runner is None:
+            with ctx.timed("load_weights"):
+                runner = make_runner(card, weights_dir=weights_dir, offline=offline)
         ctx.check_cancelled()
         prediction = runner.run(volume, ctx)
     finally:

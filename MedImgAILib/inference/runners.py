@@ -41,7 +41,7 @@ from ..errors import CancelledError, ModelError
 from ..models.card import ModelCard, SlidingWindowSpec
 from ..volume import Volume
 from . import geometry as geo
-from .device import check_memory, estimate_bytes
+from .device import InsufficientMemoryError, check_memory, estimate_bytes
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ class RunOptions:
     channels_last: bool = True
     num_threads: Optional[int] = None
     return_probabilities: bool = True
+    #: override the card's ``sliding_window.single_window_max_voxels`` (0 disables)
+    single_window_max_voxels: Optional[int] = None
     #: bytes of activations per window voxel for the memory estimate (3D U-Nets: ~100-400)
     activation_bytes_per_voxel: float = 256.0
 
@@ -206,16 +208,33 @@ def sliding_window_predict(net: torch.nn.Module, arr: np.ndarray, card: ModelCar
 
     opts = ctx.options
     sw = _sliding_window_spec(card, opts)
-    roi_kji = tuple(int(x) for x in reversed(sw.roi_size))
+    tiled_roi = tuple(int(x) for x in reversed(sw.roi_size))
     out_ch = card.num_classes if card.postprocessing_spec.activation == "softmax" else len(card.labels)
-    whole, windows = estimate_bytes(int(np.prod(arr.shape)), card.input.channels, out_ch, int(np.prod(roi_kji)),
-                                    sw.sw_batch_size, opts.activation_bytes_per_voxel)
     device = ctx.device
-    aggregate_on_device = check_memory(device, whole, windows, what=f"{card.id} on {device.type}")
-    attempts = [(device, sw.sw_batch_size, roi_kji, aggregate_on_device)]
+    what = f"{card.id} on {device.type}"
+
+    def fits(roi: tuple[int, ...], batch: int) -> bool:
+        whole, windows = estimate_bytes(int(np.prod(arr.shape)), card.input.channels, out_ch, int(np.prod(roi)),
+                                        batch, opts.activation_bytes_per_voxel)
+        return check_memory(device, whole, windows, what=what)
+
+    attempts: list[tuple[torch.device, int, tuple[int, ...], bool]] = []
+    limit = sw.single_window_max_voxels if opts.single_window_max_voxels is None else opts.single_window_max_voxels
+    if limit and opts.roi_size is None:
+        m = sw.size_multiple
+        single = tuple(int(math.ceil(s / m) * m) for s in arr.shape)
+        if int(np.prod(single)) <= limit:
+            # one window over the whole (cropped) grid: every voxel computed once, no blending seams
+            try:
+                attempts.append((device, 1, single, fits(single, 1)))
+            except InsufficientMemoryError:
+                pass  # tile instead
+    attempts.append((device, sw.sw_batch_size, tiled_roi, fits(tiled_roi, sw.sw_batch_size)))
     if device.type == "cuda":  # fallbacks on GPU out-of-memory: smaller batch, smaller window, CPU
-        small_roi = tuple(max(16, r // 2) for r in roi_kji)
-        attempts += [(device, 1, roi_kji, False), (device, 1, small_roi, False), (torch.device("cpu"), sw.sw_batch_size, roi_kji, True)]
+        m = sw.size_multiple
+        small_roi = tuple(max(m, (r // 2) // m * m) for r in tiled_roi)
+        attempts += [(device, 1, tiled_roi, False), (device, 1, small_roi, False),
+                     (torch.device("cpu"), sw.sw_batch_size, tiled_roi, True)]
 
     last_exc: Optional[BaseException] = None
     for dev, batch, roi, agg_on_dev in attempts:

@@ -114,6 +114,11 @@ class SlidingWindowSpec(_Strict):
     overlap: float = Field(default=0.25, ge=0, lt=1)
     sw_batch_size: int = Field(default=1, ge=1)
     mode: Literal["constant", "gaussian"] = "gaussian"
+    #: when the whole model grid (padded to ``size_multiple``) has at most this many voxels, run it as
+    #: one window: no overlap recomputation and no seams. 0 always tiles with ``roi_size``.
+    single_window_max_voxels: int = Field(default=0, ge=0)
+    #: window sizes must be multiples of this (2 ** number of poolings of the network)
+    size_multiple: int = Field(default=16, ge=1)
 
 
 class PostprocessingSpec(_Strict):
