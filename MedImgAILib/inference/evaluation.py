@@ -33,7 +33,8 @@ STRATA = list(itertools.product(THICKNESSES_MM, KERNELS, NOISES))
 
 def test_acquisition(i: int) -> dict[str, Any]:
     t, k, n = STRATA[i % len(STRATA)]
-    return {"slice_thickness_mm": t, "kernel": k, "noise": n}
+    # matrix sizes cut across the strata: the model must work on any grid
+    return {"slice_thickness_mm": t, "kernel": k, "noise": n, "matrix": (256, 320)[(i // 3) % 2]}
 
 
 def score_case(labels: np.ndarray, affine: np.ndarray, truth_nodules: list[dict[str, Any]],
@@ -80,7 +81,7 @@ def evaluate_model(model_id: str, *, cases: int = 16, first_seed: int = TEST_SEE
         case = phantom_case(seed, **acq)
         res = run_model(card, case.volume, device=device, runner=runner)
         sc = score_case(res.labels.array, case.volume.affine, case.nodules, case.nodule_label_map)
-        sc.update(seed=seed, **acq, shape_ijk=list(case.volume.shape_ijk), seconds=res.timings_s["total"])
+        sc.update(seed=seed, **acq, noise_sd_hu=case.acquisition["noise_sd_hu"], shape_ijk=list(case.volume.shape_ijk), seconds=res.timings_s["total"])
         results.append(sc)
         det = sum(n["detected"] for n in sc["nodules"])
         progress(f"case {i + 1}/{cases} seed {seed} {acq}: {det}/{len(sc['nodules'])} nodules, "

@@ -12,7 +12,7 @@ from .native import register_network
 def lung_nodule_unet(
     channels: Sequence[int] = (8, 16, 32, 64),
     strides: Sequence[int] = (2, 2, 2),
-    num_res_units: int = 1,
+    num_res_units: int = 0,
     out_channels: int = 2,
     dropout: float = 0.0,
 ) -> UNet:

@@ -3,7 +3,7 @@
 ``medimgai train ct-lung-nodule --out DIR --seed 0`` generates phantoms (seeds below 10000; the
 evaluation uses seeds from 10000 on, so the test set is never seen in training), preprocesses them
 exactly as inference does (lung crop, 1.5 mm LPS grid, HU window), and trains a small MONAI U-Net on
-64^3 patches: half centred on nodules, the rest on hard negatives (vessels, airway walls and the chest
+48^3 patches (72 mm): half centred on nodules, the rest on hard negatives (vessels, airway walls and the chest
 wall next to the lung) and on random lung. Everything random is drawn from generators seeded by
 ``--seed``; torch runs single-process with a fixed thread count, so the same command gives the same
 weights on the same software stack.
@@ -34,10 +34,10 @@ MODEL_ID = "ct-lung-nodule"
 @dataclass
 class TrainConfig:
     seed: int = 0
-    cases: int = 24
-    steps: int = 700
+    cases: int = 16
+    steps: int = 350
     batch: int = 4
-    patch: int = 64
+    patch: int = 48
     lr: float = 3e-3
     weight_decay: float = 1e-4
     threads: int = 2
@@ -136,7 +136,9 @@ def train_lung_nodule(cfg: TrainConfig, out_dir: str | os.PathLike[str], *,
     net = lung_nodule_unet(**kwargs)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.1)
+    warm = max(1, cfg.steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine decay to 5 %
+        opt, lambda s: (s + 1) / warm if s < warm else 0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * (s - warm) / max(1, cfg.steps - warm))))
     with_nodules = [i for i, s in enumerate(samples) if len(s.nodule_voxels)]
     losses: list[float] = []
     net.train()

@@ -153,3 +153,28 @@ def test_device_override_errors_are_clear():
     if not torch.cuda.is_available():
         with pytest.raises(DeviceError, match="no CUDA"):
             select_device("cuda")
+
+
+def test_single_window_mode_covers_the_whole_grid_once(isolated_env):
+    """When the grid fits, one window (padded to the network's multiple) replaces the tiling."""
+    card = _card(isolated_env, "native")
+    shape, spacing, direction = GEOMETRIES["axial"]
+    vol, truth = blob_volume(shape, spacing, direction, centred_origin(shape, spacing, direction))
+    windows = []
+    res = run_model(card, vol, device="cpu", options=RunOptions(single_window_max_voxels=10**7),
+                    progress=lambda s, f, m: windows.append(m) if s == "infer" else None)
+    grid = res.info["model_grid_shape_kji"]
+    assert res.info["roi_size_ijk"] == [int(np.ceil(g / 16) * 16) for g in reversed(grid)]
+    assert windows == ["window batch 1/1"]
+    assert dice(res.labels.array == 1, truth) > 0.9
+
+
+def test_modality_mismatch_is_refused(isolated_env):
+    from MedImgAILib.errors import ModelError
+
+    card = _card(isolated_env, "native")
+    card.input.modality = "CT"
+    vol, _ = blob_volume((8, 8, 8), (1, 1, 1))
+    vol.modality = "MR"
+    with pytest.raises(ModelError, match="expects CT"):
+        run_model(card, vol, device="cpu")
