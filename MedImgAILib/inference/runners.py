@@ -351,7 +351,7 @@ def standard_pipeline(volume: Volume, runner: NetworkRunner, ctx: RunContext) ->
     ctx.report("preprocess", 0.0, "resampling to the model grid")
     with ctx.timed("preprocess"):
         arr, grid, box = preprocess(volume, card, crop_mode)
-    ctx.info.update(model_grid_shape_kji=list(grid.shape_kji), model_spacing_mm=list(np.linalg.norm(grid.affine[:3, :3], axis=0)),
+    ctx.info.update(model_grid_shape_kji=list(grid.shape_kji), model_spacing_mm=[float(x) for x in np.linalg.norm(grid.affine[:3, :3], axis=0)],
                     crop_box_kji=None if box is None else [list(box.lo), list(box.hi)])
     ctx.report("preprocess", 1.0, f"model grid {grid.shape_kji}")
     ctx.check_cancelled()
