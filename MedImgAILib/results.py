@@ -39,7 +39,9 @@ class Category(BaseModel):
 class Finding(BaseModel):
     id: str  # stable within the result ("F1", "F2", ...)
     label: str  # model label name ("nodule", "Left hippocampus", ...)
-    label_value: int = 1  # value of this finding's voxels in the result's label map
+    label_value: int = 1  # the model label this finding belongs to (its value in the semantic label map)
+    #: this finding's voxels in the instance label map (``outputs.instance_map``): one value per finding
+    instance_value: int = 0
     type: str = ""  # "solid" | "part-solid" | "ground-glass" | "" when the model cannot tell
     center_lps_mm: list[float] = Field(default_factory=list)
     volume_mm3: Optional[float] = None
@@ -84,7 +86,9 @@ class Outputs(BaseModel):
     seg: Optional[str] = None
     sr: Optional[str] = None
     key_images: list[str] = Field(default_factory=list)
-    label_map: Optional[str] = None
+    label_map: Optional[str] = None  # semantic label map (model labels), NIfTI, source grid
+    instance_map: Optional[str] = None  # one value per finding (Finding.instance_value), NIfTI, source grid
+    source_dir: Optional[str] = None  # where the analysed series was read from (for review sessions)
 
 
 class AnalysisResult(BaseModel):
