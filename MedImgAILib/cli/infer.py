@@ -12,6 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("series", help="DICOM series folder, or a NIfTI/NRRD/MHA file")
     p.add_argument("--model", required=True, help="model id (see `medimgai models list`) or a card .yaml")
     p.add_argument("--out", required=True, help="output directory (labels.nii.gz, inference.json)")
+    p.add_argument("--series-uid", help="which series, when the folder holds several")
     p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N, mps")
     p.add_argument("--weights-dir", help="offline directory holding the weights file")
     p.add_argument("--offline", action="store_true", help="never use the network")
@@ -32,7 +33,7 @@ def _infer(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"\r{stage:<11} {fraction * 100:5.1f}%  {message[:60]:<60}", end="", file=sys.stderr, flush=True)
 
-    volume = load_input(args.series)
+    volume = load_input(args.series, args.series_uid)
     opts = RunOptions(roi_size=tuple(args.roi) if args.roi else None, overlap=args.overlap, sw_batch_size=args.batch,
                       crop=args.crop, num_threads=args.threads, return_probabilities=args.probabilities)
     result = run_model(args.model, volume, device=args.device, weights_dir=args.weights_dir,

@@ -169,7 +169,7 @@ def run_model(
 _IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
-def load_input(path: str | os.PathLike[str]) -> Volume:
+def load_input(path: str | os.PathLike[str], series_uid: Optional[str] = None) -> Volume:
     """A DICOM series folder (via ``MedImgAILib.dicom`` when present, else SimpleITK's series reader)
     or an image file."""
     p = Path(path)
@@ -182,7 +182,7 @@ def load_input(path: str | os.PathLike[str]) -> Volume:
     except ImportError:
         load_volume = None
     if load_volume is not None:
-        return load_volume(p)
+        return load_volume(p, series_uid)
     return _load_dicom_sitk(p)
 
 
