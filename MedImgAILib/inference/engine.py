@@ -65,6 +65,9 @@ class InferenceResult:
         from scipy import ndimage
 
         arr = self.labels.array
+        nz = [np.flatnonzero(arr.any(axis=tuple(a for a in range(3) if a != ax))) for ax in range(3)]
+        if all(len(x) for x in nz):  # components are counted inside the bounding box of the labels
+            arr = arr[tuple(slice(int(x[0]), int(x[-1]) + 1) for x in nz)]
         out = []
         for lab in self.card.labels:
             mask = arr == lab.value

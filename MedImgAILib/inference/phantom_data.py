@@ -36,12 +36,74 @@ class PhantomData:
 def phantom_case(seed: int, *, slice_thickness_mm: float = 1.25, kernel: str = "soft", noise: str = "low",
                  matrix: int = 256, fov_mm: float = 380.0, nodules: int = 4, interval_mm: Optional[float] = None,
                  tube_current_ma: Optional[float] = None, diameter_range_mm: tuple[float, float] = (4.0, 20.0),
-                 slices: Optional[int] = None) -> PhantomData:
+                 slices: Optional[int] = None, cache: bool = True) -> PhantomData:
+    """One phantom case. Rendering a case takes tens of seconds on 2 cores, so cases are kept in
+    ``MEDIMGAI_CACHE/phantoms`` keyed by every argument and the generator's source (``cache=False``
+    to bypass): re-running an evaluation or a training then costs only the model's time."""
+    args = dict(seed=seed, slice_thickness_mm=slice_thickness_mm, kernel=kernel, noise=noise, matrix=matrix, fov_mm=fov_mm,
+                nodules=nodules, interval_mm=interval_mm, tube_current_ma=tube_current_ma,
+                diameter_range_mm=list(diameter_range_mm), slices=slices)
+    path = _cache_path(args) if cache else None
+    if path is not None and path.is_file():
+        try:
+            return _load_cached(path)
+        except Exception:  # a damaged cache entry is regenerated, never trusted
+            path.unlink(missing_ok=True)
+    data = _render(**args)
+    if path is not None:
+        _save_cached(path, data)
+    return data
+
+
+def _generator_fingerprint() -> str:
+    import hashlib
+    from pathlib import Path
+
+    from .. import phantoms
+
+    h = hashlib.sha256()
+    for f in sorted(Path(phantoms.__file__).parent.glob("*.py")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _cache_path(args: dict[str, Any]):
+    import hashlib
+    import json
+
+    from ..models.weights import cache_dir
+
+    key = hashlib.sha256(json.dumps({**args, "generator": _generator_fingerprint()}, sort_keys=True).encode()).hexdigest()[:24]
+    return cache_dir() / "phantoms" / f"case-{args['seed']}-{key}.npz"
+
+
+def _save_cached(path, data: "PhantomData") -> None:
+    import json
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial.npz")
+    np.savez(tmp, array=data.volume.array.astype(np.int16), affine=data.volume.affine, labels=data.nodule_label_map,
+             nodules=json.dumps(data.nodules), acquisition=json.dumps(data.acquisition))
+    os.replace(tmp, path)
+
+
+def _load_cached(path) -> "PhantomData":
+    import json
+
+    d = np.load(path)
+    vol = Volume(array=d["array"].astype(np.float32), affine=d["affine"], modality="CT")
+    return PhantomData(volume=vol, nodule_label_map=d["labels"], nodules=json.loads(str(d["nodules"])),
+                       acquisition=json.loads(str(d["acquisition"])))
+
+
+def _render(*, seed: int, slice_thickness_mm: float, kernel: str, noise: str, matrix: int, fov_mm: float, nodules: int,
+            interval_mm: Optional[float], tube_current_ma: Optional[float], diameter_range_mm, slices: Optional[int]) -> PhantomData:
     from ..phantoms import AcquisitionSpec, PhantomSpec, RandomNodules, generate_phantom
 
     acq = AcquisitionSpec(slice_thickness_mm=slice_thickness_mm, reconstruction_interval_mm=interval_mm, kernel=kernel,
                           matrix=matrix, fov_mm=fov_mm, tube_current_ma=tube_current_ma or NOISE_MA[noise], slices=slices)
-    spec = PhantomSpec(seed=seed, random_nodules=RandomNodules(count=nodules, diameter_range_mm=diameter_range_mm),
+    spec = PhantomSpec(seed=seed, random_nodules=RandomNodules(count=nodules, diameter_range_mm=tuple(diameter_range_mm)),
                        acquisition=acq, deterministic_uids=True)
     case = generate_phantom(spec)
     assert case.volume is not None and case.labels is not None

@@ -408,14 +408,16 @@ def _back_to_source(probs: np.ndarray, grid: geo.Grid, volume: Volume, box: Opti
                                               default=1.0 if (c == 0 and card.postprocessing_spec.activation == "softmax") else 0.0)
                                  for c, ch in enumerate(chans)])
             lab_sub = probabilities_to_labels(back, card)
+            fg_sub = (1.0 - back[0]) if card.postprocessing_spec.activation == "softmax" else back.max(axis=0)
+            # every foreground component lies inside the sub-box (it holds all non-negligible
+            # probability), so components are analysed there, not over the whole series
+            lab_sub = remove_small_components(lab_sub, card, volume.voxel_volume_mm3, fg_sub)
             # sub-box of the target -> full source indices
             off = np.asarray(box.lo if box is not None else (0, 0, 0)) + tlo
             full_sl = tuple(slice(int(a), int(a + s)) for a, s in zip(off, lab_sub.shape))
             labels_full[full_sl] = lab_sub
             if fg_full is not None:
-                fg_sub = (1.0 - back[0]) if card.postprocessing_spec.activation == "softmax" else back.max(axis=0)
                 fg_full[full_sl] = fg_sub
-    labels_full = remove_small_components(labels_full, card, volume.voxel_volume_mm3, fg_full)
     return labels_full, fg_full
 
 

@@ -75,7 +75,7 @@ def run_plain(volume, card, net, device: str) -> np.ndarray:
     return remove_small_components(labels, card, volume.voxel_volume_mm3)
 
 
-def child(variant: str, data: Path, out: Path, device: str) -> None:
+def child(variant: str, data: Path, out: Path, device: str, weights: str | None) -> None:
     import torch
 
     from MedImgAILib.inference import RunOptions, make_runner, run_model
@@ -83,7 +83,12 @@ def child(variant: str, data: Path, out: Path, device: str) -> None:
 
     volume, _, _ = _load(data)
     card = get_card("ct-lung-nodule")
-    runner = make_runner(card)
+    if weights:
+        from MedImgAILib.inference.runners import RUNNERS
+
+        runner = RUNNERS[card.runner.kind](card, Path(weights))
+    else:
+        runner = make_runner(card)
     rss_loaded = _rss_mb()
     t0 = time.perf_counter()
     if variant == "plain":
@@ -121,12 +126,13 @@ def main() -> int:
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--weights", help="state_dict to use instead of the card's weights")
     ap.add_argument("--child", choices=VARIANTS)
     ap.add_argument("--data")
     ap.add_argument("--out")
     args = ap.parse_args()
     if args.child:
-        child(args.child, Path(args.data), Path(args.out), args.device)
+        child(args.child, Path(args.data), Path(args.out), args.device, args.weights)
         return 0
 
     from MedImgAILib.models.weights import cache_dir
@@ -150,7 +156,8 @@ def main() -> int:
             for v in variants:  # alternating, so drift in machine load hits every variant alike
                 out = Path(tmp) / f"{v}.npy"
                 p = subprocess.run([sys.executable, "-m", "Testing.benchmarks.bench_inference", "--child", v,
-                                    "--data", str(data), "--out", str(out), "--device", args.device],
+                                    "--data", str(data), "--out", str(out), "--device", args.device]
+                                   + (["--weights", args.weights] if args.weights else []),
                                    cwd=REPO, capture_output=True, text=True)
                 if p.returncode != 0:
                     print(p.stderr[-3000:], file=sys.stderr)
