@@ -35,14 +35,15 @@ class PhantomData:
 
 def phantom_case(seed: int, *, slice_thickness_mm: float = 1.25, kernel: str = "soft", noise: str = "low",
                  matrix: int = 256, fov_mm: float = 380.0, nodules: int = 4, interval_mm: Optional[float] = None,
-                 tube_current_ma: Optional[float] = None, diameter_range_mm: tuple[float, float] = (4.0, 20.0),
+                 tube_current_ma: Optional[float] = None, diameter_range_mm: tuple[float, float] = (4.0, 20.0), perifissural_fraction: float = 0.1,
                  slices: Optional[int] = None, cache: bool = True) -> PhantomData:
     """One phantom case. Rendering a case takes tens of seconds on 2 cores, so cases are kept in
     ``MEDIMGAI_CACHE/phantoms`` keyed by every argument and the generator's source (``cache=False``
     to bypass): re-running an evaluation or a training then costs only the model's time."""
     args = dict(seed=seed, slice_thickness_mm=slice_thickness_mm, kernel=kernel, noise=noise, matrix=matrix, fov_mm=fov_mm,
                 nodules=nodules, interval_mm=interval_mm, tube_current_ma=tube_current_ma,
-                diameter_range_mm=list(diameter_range_mm), slices=slices)
+                diameter_range_mm=list(diameter_range_mm), slices=slices,
+                perifissural_fraction=perifissural_fraction)
     path = _cache_path(args) if cache else None
     if path is not None and path.is_file():
         try:
@@ -98,12 +99,14 @@ def _load_cached(path) -> "PhantomData":
 
 
 def _render(*, seed: int, slice_thickness_mm: float, kernel: str, noise: str, matrix: int, fov_mm: float, nodules: int,
-            interval_mm: Optional[float], tube_current_ma: Optional[float], diameter_range_mm, slices: Optional[int]) -> PhantomData:
+            interval_mm: Optional[float], tube_current_ma: Optional[float], diameter_range_mm, slices: Optional[int],
+            perifissural_fraction: float) -> PhantomData:
     from ..phantoms import AcquisitionSpec, PhantomSpec, RandomNodules, generate_phantom
 
     acq = AcquisitionSpec(slice_thickness_mm=slice_thickness_mm, reconstruction_interval_mm=interval_mm, kernel=kernel,
                           matrix=matrix, fov_mm=fov_mm, tube_current_ma=tube_current_ma or NOISE_MA[noise], slices=slices)
-    spec = PhantomSpec(seed=seed, random_nodules=RandomNodules(count=nodules, diameter_range_mm=tuple(diameter_range_mm)),
+    spec = PhantomSpec(seed=seed, random_nodules=RandomNodules(count=nodules, diameter_range_mm=tuple(diameter_range_mm),
+                                                           perifissural_fraction=perifissural_fraction),
                        acquisition=acq, deterministic_uids=True)
     case = generate_phantom(spec)
     assert case.volume is not None and case.labels is not None

@@ -34,8 +34,8 @@ MODEL_ID = "ct-lung-nodule"
 @dataclass
 class TrainConfig:
     seed: int = 0
-    cases: int = 16
-    steps: int = 350
+    cases: int = 12
+    steps: int = 260
     batch: int = 4
     patch: int = 48
     lr: float = 3e-3
@@ -163,7 +163,7 @@ def train_lung_nodule(cfg: TrainConfig, out_dir: str | os.PathLike[str], *,
         loss.backward()
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         if step % 25 == 0 or step == cfg.steps - 1:
             log(f"step {step + 1}/{cfg.steps} loss {np.mean(losses[-25:]):.4f} lr {sched.get_last_lr()[0]:.2e} "
                 f"({time.perf_counter() - t_start:.0f} s)")

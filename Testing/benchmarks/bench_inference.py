@@ -137,7 +137,9 @@ def main() -> int:
 
     from MedImgAILib.models.weights import cache_dir
 
-    data = cache_dir() / "bench" / f"phantom-512x512x{args.slices}-seed20000.npz"
+    from MedImgAILib.inference.phantom_data import _generator_fingerprint
+
+    data = cache_dir() / "bench" / f"phantom-512x512x{args.slices}-seed20000-{_generator_fingerprint()}.npz"
     if not data.is_file():
         data.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
