@@ -38,12 +38,12 @@ class TrainConfig:
     steps: int = 260
     batch: int = 4
     patch: int = 48
-    lr: float = 3e-3
+    lr: float = 2e-3
     weight_decay: float = 1e-4
     threads: int = 2
     #: fractions of patches centred on nodules / hard negatives; the rest is random lung
-    p_nodule: float = 0.5
-    p_hard_negative: float = 0.35
+    p_nodule: float = 0.6
+    p_hard_negative: float = 0.3
     network_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
@@ -134,7 +134,10 @@ def train_lung_nodule(cfg: TrainConfig, out_dir: str | os.PathLike[str], *,
     kwargs = dict(card.runner.settings.get("kwargs") or {})
     kwargs.update(cfg.network_kwargs)
     net = lung_nodule_unet(**kwargs)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    # Dice on the nodule channel only (with the background channel in, an all-background net already
+    # scores ~0.5 and training can settle there), plus cross-entropy weighted towards nodules
+    loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True,
+                         weight=torch.tensor([1.0, 3.0]))
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = max(1, cfg.steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(  # linear warm-up, then cosine decay to 5 %
