@@ -15,6 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cases", type=int, default=None, help="training phantoms (default: the recipe's)")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the recipe's)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--init", help="continue from this state_dict (a second training stage)")
     p.set_defaults(func=_train)
 
 
@@ -26,6 +27,8 @@ def _train(args: argparse.Namespace) -> int:
         cfg.cases = args.cases
     if args.steps is not None:
         cfg.steps = args.steps
+    if args.init:
+        cfg.init = args.init
     if args.threads is not None:
         cfg.threads = args.threads
     result = train_lung_nodule(cfg, args.out, log=lambda m: print(m, file=sys.stderr, flush=True))

@@ -45,6 +45,8 @@ class TrainConfig:
     p_nodule: float = 0.6
     p_hard_negative: float = 0.3
     network_kwargs: dict[str, Any] = field(default_factory=dict)
+    #: continue from these weights (a state_dict from an earlier run), e.g. a second stage on new phantoms
+    init: Optional[str] = None
 
 
 @dataclass
@@ -134,6 +136,9 @@ def train_lung_nodule(cfg: TrainConfig, out_dir: str | os.PathLike[str], *,
     kwargs = dict(card.runner.settings.get("kwargs") or {})
     kwargs.update(cfg.network_kwargs)
     net = lung_nodule_unet(**kwargs)
+    if cfg.init:
+        net.load_state_dict(torch.load(cfg.init, map_location="cpu", weights_only=True))
+        log(f"continuing from {cfg.init} (sha256 {hashlib.sha256(Path(cfg.init).read_bytes()).hexdigest()})")
     # Dice on the nodule channel only (with the background channel in, an all-background net already
     # scores ~0.5 and training can settle there), plus cross-entropy weighted towards nodules
     loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True,
