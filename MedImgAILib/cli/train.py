@@ -1,0 +1,36 @@
+"""``medimgai train ct-lung-nodule --out DIR --seed 0``: the reproducible training of the shipped model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a shipped model from synthetic phantoms (reproducible)")
+    p.add_argument("model_id", choices=["ct-lung-nodule"])
+    p.add_argument("--out", required=True, help="directory for the weights and training log")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cases", type=int, default=None, help="training phantoms (default: the recipe's)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the recipe's)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--init", help="continue from this state_dict (a second training stage)")
+    p.set_defaults(func=_train)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from ..inference.training import TrainConfig, train_lung_nodule
+
+    cfg = TrainConfig(seed=args.seed)
+    if args.cases is not None:
+        cfg.cases = args.cases
+    if args.steps is not None:
+        cfg.steps = args.steps
+    if args.init:
+        cfg.init = args.init
+    if args.threads is not None:
+        cfg.threads = args.threads
+    result = train_lung_nodule(cfg, args.out, log=lambda m: print(m, file=sys.stderr, flush=True))
+    print(json.dumps(result, indent=2))
+    return 0

@@ -1,0 +1,610 @@
+"""Runners: one interface, four kinds. ``Runner.run(volume, ctx) -> Prediction`` takes a ``Volume`` on
+any grid and returns a label map (and, for network runners, a foreground probability map) on exactly
+that grid.
+
+- ``bundle``: a MONAI bundle (``configs/metadata.json`` or ``metadata.json``, ``configs/inference.json``,
+  ``models/model.pt`` state_dict or ``models/model.ts``), parsed with ``monai.bundle.ConfigParser``;
+- ``torchscript``: a ``torch.jit`` archive;
+- ``native``: an ``nn.Module`` factory from :mod:`.native` plus a state_dict, optionally with a custom
+  pipeline that owns preprocessing and postprocessing;
+- ``external``: a command (nnU-Net / TotalSegmentator style), NIfTI in and NIfTI out.
+
+The three network kinds share one pipeline (:class:`NetworkRunner`): optional CT crop -> resample onto
+the card's axis-aligned grid -> normalize -> MONAI sliding-window inference (AMP on GPU, optional bf16
+on CPU) -> activation -> probabilities resampled linearly back to the source grid -> threshold/argmax
+-> small components removed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from abc import ABC, abstractmethod
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from ..errors import CancelledError, ModelError
+from ..models.card import ModelCard, SlidingWindowSpec
+from ..volume import Volume
+from . import geometry as geo
+from .device import InsufficientMemoryError, check_memory, estimate_bytes
+
+log = logging.getLogger(__name__)
+
+#: progress(stage, fraction 0..1 within the stage, message)
+ProgressCallback = Callable[[str, float, str], None]
+
+
+@dataclass
+class RunOptions:
+    """Knobs a caller may change without editing the card."""
+
+    roi_size: Optional[tuple[int, int, int]] = None  # (i, j, k)
+    overlap: Optional[float] = None
+    sw_batch_size: Optional[int] = None
+    crop: Optional[str] = None  # "none" | "body" | "lungs"; None = the card's
+    amp: Optional[bool] = None
+    cpu_bf16: Optional[bool] = None
+    channels_last: bool = True
+    num_threads: Optional[int] = None
+    return_probabilities: bool = True
+    #: override the card's ``sliding_window.single_window_max_voxels`` (0 disables)
+    single_window_max_voxels: Optional[int] = None
+    #: bytes of activations per window voxel for the memory estimate (3D U-Nets: ~100-400)
+    activation_bytes_per_voxel: float = 256.0
+
+
+@dataclass
+class RunContext:
+    card: ModelCard
+    device: torch.device
+    options: RunOptions = field(default_factory=RunOptions)
+    progress: Optional[ProgressCallback] = None
+    cancel: Optional[threading.Event] = None
+    timings_s: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def report(self, stage: str, fraction: float, message: str = "") -> None:
+        if self.progress is not None:
+            self.progress(stage, max(0.0, min(1.0, fraction)), message)
+
+    def check_cancelled(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise CancelledError(f"inference with {self.card.id} was cancelled")
+
+    def timed(self, name: str) -> "_Timer":
+        return _Timer(self, name)
+
+
+class _Timer:
+    def __init__(self, ctx: RunContext, name: str):
+        self.ctx, self.name = ctx, name
+
+    def __enter__(self) -> "_Timer":
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.ctx.timings_s[self.name] = self.ctx.timings_s.get(self.name, 0.0) + time.perf_counter() - self.t0
+
+
+@dataclass
+class Prediction:
+    labels: Volume  # uint8 label map on the source grid
+    probabilities: Optional[Volume] = None  # float32 foreground probability on the source grid
+
+
+# --- the runner interface ----------------------------------------------------------------------------
+class Runner(ABC):
+    kind: str = ""
+
+    def __init__(self, card: ModelCard, weights_path: Optional[Path]):
+        self.card = card
+        self.weights_path = weights_path
+
+    @abstractmethod
+    def run(self, volume: Volume, ctx: RunContext) -> Prediction:
+        """Labels (and probabilities) for ``volume``, on ``volume``'s own grid."""
+
+
+class NetworkRunner(Runner):
+    """Shared pipeline for runners that yield a torch network."""
+
+    _network: Optional[torch.nn.Module] = None
+    _network_device: Optional[torch.device] = None
+
+    @abstractmethod
+    def load_network(self) -> torch.nn.Module:
+        """The network on the CPU, in eval mode."""
+
+    def network(self, device: torch.device, channels_last: bool = False) -> torch.nn.Module:
+        if self._network is None:
+            self._network = self.load_network().eval()
+        if self._network_device != device:
+            self._network = self._network.to(device)
+            self._network_device = device
+        if channels_last and not isinstance(self._network, torch.jit.ScriptModule):
+            self._network = self._network.to(memory_format=torch.channels_last_3d)
+        return self._network
+
+    def run(self, volume: Volume, ctx: RunContext) -> Prediction:
+        pipeline = self.card.runner.settings.get("pipeline")
+        if pipeline:
+            from .native import resolve_pipeline
+
+            fn = resolve_pipeline(pipeline)
+            with ctx.timed("load_network"):
+                net = self.network(ctx.device)
+            return fn(volume, net, ctx)
+        return standard_pipeline(volume, self, ctx)
+
+
+# --- the standard pipeline ---------------------------------------------------------------------------
+def _window_count(shape: tuple[int, ...], roi: tuple[int, ...], overlap: float) -> int:
+    n = 1
+    for size, r in zip(shape, roi):
+        if size <= r:
+            continue
+        interval = max(int(r * (1 - overlap)), 1)
+        n *= math.ceil((size - r) / interval) + 1
+    return n
+
+
+def _sliding_window_spec(card: ModelCard, opts: RunOptions) -> SlidingWindowSpec:
+    sw = card.runner.sliding_window.model_copy()
+    if opts.roi_size is not None:
+        sw.roi_size = tuple(opts.roi_size)  # type: ignore[assignment]
+    if opts.overlap is not None:
+        sw.overlap = opts.overlap
+    if opts.sw_batch_size is not None:
+        sw.sw_batch_size = opts.sw_batch_size
+    return sw
+
+
+def preprocess(volume: Volume, card: ModelCard, crop_mode: str) -> tuple[np.ndarray, geo.Grid, Optional[geo.Box]]:
+    """Crop (CT only), resample onto the model grid, normalize. Returns (array [k,j,i] float32,
+    model grid, crop box in source indices or None)."""
+    box = None
+    src = volume
+    if crop_mode != "none" and (volume.modality or card.modality).upper() == "CT":
+        c = card.crop
+        box = geo.ct_crop_box(volume, crop_mode, margin_mm=c.margin_mm, body_threshold_hu=c.body_threshold_hu,
+                              lung_threshold_hu=c.lung_threshold_hu)
+        if box is not None:
+            src = geo.crop_volume(volume, box)
+    grid = geo.model_grid(geo.Grid.of(src), card.input.orientation, card.input.target_spacing_mm)
+    arr = geo.resample(np.asarray(src.array, dtype=np.float32), geo.Grid.of(src), grid, interpolation="linear",
+                       default=_background_value(card))
+    intensity = card.input.intensity
+    arr = geo.normalize(arr, intensity.mode, intensity.lower, intensity.upper)
+    return arr, grid, box
+
+
+def _background_value(card: ModelCard) -> float:
+    """What lies outside the scanned field: air for CT windows, 0 otherwise."""
+    it = card.input.intensity
+    return float(it.lower) if it.mode == "window" and it.lower is not None else 0.0
+
+
+def sliding_window_predict(net: torch.nn.Module, arr: np.ndarray, card: ModelCard, ctx: RunContext) -> np.ndarray:
+    """Sliding-window inference on one preprocessed array; returns probabilities [C, k, j, i] float32
+    (softmax/sigmoid applied per the card)."""
+    from monai.inferers import sliding_window_inference
+
+    opts = ctx.options
+    sw = _sliding_window_spec(card, opts)
+    tiled_roi = tuple(int(x) for x in reversed(sw.roi_size))
+    out_ch = card.num_classes if card.postprocessing_spec.activation == "softmax" else len(card.labels)
+    device = ctx.device
+    what = f"{card.id} on {device.type}"
+
+    def fits(roi: tuple[int, ...], batch: int) -> bool:
+        whole, windows = estimate_bytes(int(np.prod(arr.shape)), card.input.channels, out_ch, int(np.prod(roi)),
+                                        batch, opts.activation_bytes_per_voxel)
+        return check_memory(device, whole, windows, what=what)
+
+    attempts: list[tuple[torch.device, int, tuple[int, ...], bool]] = []
+    limit = sw.single_window_max_voxels if opts.single_window_max_voxels is None else opts.single_window_max_voxels
+    if limit and opts.roi_size is None:
+        m = sw.size_multiple
+        single = tuple(int(math.ceil(s / m) * m) for s in arr.shape)
+        if int(np.prod(single)) <= limit:
+            # one window over the whole (cropped) grid: every voxel computed once, no blending seams
+            try:
+                attempts.append((device, 1, single, fits(single, 1)))
+            except InsufficientMemoryError:
+                pass  # tile instead
+    attempts.append((device, sw.sw_batch_size, tiled_roi, fits(tiled_roi, sw.sw_batch_size)))
+    if device.type == "cuda":  # fallbacks on GPU out-of-memory: smaller batch, smaller window, CPU
+        m = sw.size_multiple
+        small_roi = tuple(max(m, (r // 2) // m * m) for r in tiled_roi)
+        attempts += [(device, 1, tiled_roi, False), (device, 1, small_roi, False),
+                     (torch.device("cpu"), sw.sw_batch_size, tiled_roi, True)]
+
+    last_exc: Optional[BaseException] = None
+    for dev, batch, roi, agg_on_dev in attempts:
+        try:
+            return _run_windows(net, arr, card, ctx, dev, batch, roi, sw.overlap, sw.mode, agg_on_dev)
+        except torch.cuda.OutOfMemoryError as exc:  # only raised on CUDA
+            last_exc = exc
+            torch.cuda.empty_cache()
+            msg = f"GPU out of memory with window {roi} x {batch}; retrying smaller / on CPU"
+            log.warning(msg)
+            ctx.warnings.append(msg)
+    raise ModelError(f"{card.id}: out of memory on every fallback ({last_exc})")
+
+
+def _run_windows(net_src: torch.nn.Module, arr: np.ndarray, card: ModelCard, ctx: RunContext, device: torch.device,
+                 batch: int, roi: tuple[int, ...], overlap: float, mode: str, aggregate_on_device: bool) -> np.ndarray:
+    from monai.inferers import sliding_window_inference
+
+    opts = ctx.options
+    channels_last = opts.channels_last and device.type == "cpu"
+    runner = ctx.info.get("_runner")
+    net = runner.network(device, channels_last=channels_last) if runner is not None else net_src.to(device)
+    ctx.info.update(device=str(device), roi_size_ijk=list(reversed(roi)), sw_batch_size=batch, overlap=overlap)
+
+    total = max(1, math.ceil(_window_count(arr.shape, roi, overlap) / batch))
+    done = [0]
+
+    def predictor(x: torch.Tensor) -> torch.Tensor:
+        ctx.check_cancelled()
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        y = net(x)
+        done[0] += 1
+        ctx.report("infer", done[0] / total, f"window batch {done[0]}/{total}")
+        return y
+
+    amp = card.runner.amp if opts.amp is None else opts.amp
+    bf16 = card.runner.cpu_bf16 if opts.cpu_bf16 is None else opts.cpu_bf16
+    if device.type == "cuda" and amp:
+        autocast = torch.autocast("cuda", dtype=torch.float16)
+        ctx.info["precision"] = "float16 autocast"
+    elif device.type == "cpu" and bf16:
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16)
+        ctx.info["precision"] = "bfloat16 autocast"
+    else:
+        autocast = nullcontext()
+        ctx.info["precision"] = "float32"
+
+    x = torch.from_numpy(arr)[None, None]
+    if card.input.channels > 1:
+        x = x.expand(-1, card.input.channels, -1, -1, -1)
+    agg_device = device if aggregate_on_device else torch.device("cpu")
+    with torch.inference_mode(), autocast:
+        logits = sliding_window_inference(
+            x.to(agg_device), roi_size=roi, sw_batch_size=batch, predictor=predictor, overlap=overlap, mode=mode,
+            sw_device=device, device=agg_device,
+        )
+    logits = logits.float()
+    act = card.postprocessing_spec.activation
+    if act == "softmax":
+        probs = torch.softmax(logits, dim=1)
+    elif act == "sigmoid":
+        probs = torch.sigmoid(logits)
+    else:
+        probs = logits
+    return probs[0].cpu().numpy()
+
+
+def probabilities_to_labels(probs_src: np.ndarray, card: ModelCard) -> np.ndarray:
+    """[C, ...] probabilities on the source grid -> uint8 label map."""
+    pp = card.postprocessing_spec
+    if pp.activation == "softmax":
+        if probs_src.shape[0] == 2:  # binary: the foreground channel against 0.5 is argmax
+            return (probs_src[1] > pp.threshold).astype(np.uint8) * np.uint8(card.labels[0].value)
+        return np.argmax(probs_src, axis=0).astype(np.uint8)
+    out = np.zeros(probs_src.shape[1:], dtype=np.uint8)
+    best = np.zeros(probs_src.shape[1:], dtype=np.float32)
+    for c, lab in enumerate(card.labels):  # sigmoid: one channel per label, highest wins
+        sel = (probs_src[c] > pp.threshold) & (probs_src[c] > best)
+        out[sel] = lab.value
+        best = np.maximum(best, probs_src[c])
+    return out
+
+
+def remove_small_components(labels: np.ndarray, card: ModelCard, voxel_volume_mm3: float,
+                            probability: Optional[np.ndarray] = None) -> np.ndarray:
+    from scipy import ndimage
+
+    pp = card.postprocessing_spec
+    for lab in card.labels:
+        min_vox = max(lab.min_volume_mm3, card.min_lesion_volume_mm3) / voxel_volume_mm3
+        if not pp.remove_small_components and pp.min_component_probability == 0:
+            continue
+        mask = labels == lab.value
+        if not mask.any():
+            continue
+        comp, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+        idx = np.arange(1, n + 1)
+        sizes = ndimage.sum_labels(mask, comp, idx)
+        drop = np.zeros(n + 1, dtype=bool)
+        if pp.remove_small_components:
+            drop[1:] |= sizes < min_vox
+        if probability is not None and pp.min_component_probability > 0:
+            drop[1:] |= ndimage.mean(probability, comp, idx) < pp.min_component_probability
+        labels[drop[comp] & mask] = 0
+    return labels
+
+
+def standard_pipeline(volume: Volume, runner: NetworkRunner, ctx: RunContext) -> Prediction:
+    card = ctx.card
+    ctx.info["_runner"] = runner
+    ctx.check_cancelled()
+    crop_mode = ctx.options.crop or card.crop.mode
+    ctx.report("preprocess", 0.0, "resampling to the model grid")
+    with ctx.timed("preprocess"):
+        arr, grid, box = preprocess(volume, card, crop_mode)
+    ctx.info.update(model_grid_shape_kji=list(grid.shape_kji), model_spacing_mm=[float(x) for x in np.linalg.norm(grid.affine[:3, :3], axis=0)],
+                    crop_box_kji=None if box is None else [list(box.lo), list(box.hi)])
+    ctx.report("preprocess", 1.0, f"model grid {grid.shape_kji}")
+    ctx.check_cancelled()
+    with ctx.timed("load_network"):
+        net = runner.network(ctx.device)
+    with ctx.timed("infer"):
+        probs = sliding_window_predict(net, arr, card, ctx)
+    ctx.info.pop("_runner", None)
+    del arr
+    ctx.check_cancelled()
+    ctx.report("postprocess", 0.0, "resampling back to the source grid")
+    with ctx.timed("postprocess"):
+        labels, fg = _back_to_source(probs, grid, volume, box, card, ctx.options.return_probabilities)
+    ctx.report("postprocess", 1.0, "done")
+    return Prediction(labels=volume.with_array(labels), probabilities=None if fg is None else volume.with_array(fg))
+
+
+def _back_to_source(probs: np.ndarray, grid: geo.Grid, volume: Volume, box: Optional[geo.Box], card: ModelCard,
+                    want_probabilities: bool) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Probabilities on the model grid -> label map (and foreground probability) on the full source
+    grid. Only the region where any foreground probability is non-negligible is resampled: elsewhere
+    the answer is background, and resampling a 512x512x300 grid for nothing costs seconds."""
+    target = volume if box is None else geo.crop_volume(volume, box)
+    tgrid = geo.Grid.of(target)
+    fg_model = (1.0 - probs[0]) if card.postprocessing_spec.activation == "softmax" else probs.max(axis=0)
+    labels_full = np.zeros(volume.array.shape, dtype=np.uint8)
+    fg_full = np.zeros(volume.array.shape, dtype=np.float32) if want_probabilities else None
+    region = np.argwhere(fg_model > 0.02)
+    if region.size:
+        lo = np.maximum(region.min(axis=0) - 2, 0)
+        hi = np.minimum(region.max(axis=0) + 3, np.asarray(grid.shape_kji))
+        # the model-grid sub-box's corners in target indices -> the target index box to fill
+        corners = np.array([[a, b, c] for a in (lo[0], hi[0] - 1) for b in (lo[1], hi[1] - 1) for c in (lo[2], hi[2] - 1)], dtype=float)
+        lps = corners[:, ::-1] @ grid.affine[:3, :3].T + grid.affine[:3, 3]
+        ijk = (lps - tgrid.affine[:3, 3]) @ np.linalg.inv(tgrid.affine[:3, :3]).T
+        kji = ijk[:, ::-1]
+        tlo = np.maximum(np.floor(kji.min(axis=0)).astype(int) - 1, 0)
+        thi = np.minimum(np.ceil(kji.max(axis=0)).astype(int) + 2, np.asarray(tgrid.shape_kji))
+        if np.all(thi > tlo):
+            sub_box = geo.Box(tuple(int(x) for x in tlo), tuple(int(x) for x in thi))  # type: ignore[arg-type]
+            sub = geo.crop_volume(target, sub_box)
+            sgrid = geo.Grid.of(sub)
+            mgrid_sub_aff = grid.affine.copy()
+            mgrid_sub_aff[:3, 3] = grid.affine[:3, :3] @ lo[::-1] + grid.affine[:3, 3]
+            mgrid_sub = geo.Grid(tuple(int(x) for x in (hi - lo)), mgrid_sub_aff)  # type: ignore[arg-type]
+            sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+            chans = [probs[c][sl] for c in range(probs.shape[0])]
+            if card.postprocessing_spec.activation == "softmax" and probs.shape[0] == 2:
+                back = np.stack([np.zeros(sgrid.shape_kji, np.float32),
+                                 geo.resample(np.ascontiguousarray(chans[1]), mgrid_sub, sgrid, default=0.0)])
+                back[0] = 1.0 - back[1]
+            else:
+                back = np.stack([geo.resample(np.ascontiguousarray(ch), mgrid_sub, sgrid,
+                                              default=1.0 if (c == 0 and card.postprocessing_spec.activation == "softmax") else 0.0)
+                                 for c, ch in enumerate(chans)])
+            lab_sub = probabilities_to_labels(back, card)
+            fg_sub = (1.0 - back[0]) if card.postprocessing_spec.activation == "softmax" else back.max(axis=0)
+            # every foreground component lies inside the sub-box (it holds all non-negligible
+            # probability), so components are analysed there, not over the whole series
+            lab_sub = remove_small_components(lab_sub, card, volume.voxel_volume_mm3, fg_sub)
+            # sub-box of the target -> full source indices
+            off = np.asarray(box.lo if box is not None else (0, 0, 0)) + tlo
+            full_sl = tuple(slice(int(a), int(a + s)) for a, s in zip(off, lab_sub.shape))
+            labels_full[full_sl] = lab_sub
+            if fg_full is not None:
+                fg_full[full_sl] = fg_sub
+    return labels_full, fg_full
+
+
+# --- the four kinds ----------------------------------------------------------------------------------
+def _load_state_dict(path: Path) -> dict[str, Any]:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several kinds for a bad file
+        raise ModelError(f"cannot read weights {path}: {exc}") from None
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise ModelError(f"weights {path} do not hold a state_dict (got {type(obj).__name__})")
+    return obj
+
+
+class NativeRunner(NetworkRunner):
+    kind = "native"
+
+    def load_network(self) -> torch.nn.Module:
+        from .native import import_modules, resolve_network
+
+        s = self.card.runner.settings
+        import_modules(s.get("import"))
+        factory = resolve_network(s["network"])
+        net = factory(**(s.get("kwargs") or {}))
+        if self.weights_path is not None:
+            try:
+                net.load_state_dict(_load_state_dict(self.weights_path), strict=True)
+            except RuntimeError as exc:
+                raise ModelError(f"{self.card.id}: weights {self.weights_path.name} do not fit network {s['network']}: {str(exc)[:300]}") from None
+        return net
+
+
+class TorchScriptRunner(NetworkRunner):
+    kind = "torchscript"
+
+    def load_network(self) -> torch.nn.Module:
+        assert self.weights_path is not None
+        try:
+            return torch.jit.load(str(self.weights_path), map_location="cpu")
+        except Exception as exc:
+            raise ModelError(f"{self.card.id}: {self.weights_path} is not a TorchScript file: {exc}") from None
+
+
+class BundleRunner(NetworkRunner):
+    """A MONAI bundle directory (or a verified zip of one)."""
+
+    kind = "bundle"
+
+    def bundle_dir(self) -> Path:
+        s = self.card.runner.settings
+        if s.get("bundle_dir"):
+            d = Path(s["bundle_dir"])
+            if not d.is_absolute() and self.card.path:
+                d = Path(self.card.path).parent / d
+            return d
+        from ..models.weights import extract_archive
+
+        assert self.weights_path is not None and self.card.weights is not None
+        return extract_archive(self.weights_path, self.card.weights.sha256)
+
+    def load_network(self) -> torch.nn.Module:
+        from monai.bundle import ConfigParser
+
+        d = self.bundle_dir()
+        s = self.card.runner.settings
+        cfg_file = d / s.get("config", "configs/inference.json")
+        if not cfg_file.is_file():
+            raise ModelError(f"{self.card.id}: bundle {d} has no {cfg_file.relative_to(d)}")
+        meta = next((p for p in (d / "configs" / "metadata.json", d / "metadata.json") if p.is_file()), None)
+        if meta is None:
+            raise ModelError(f"{self.card.id}: bundle {d} has no configs/metadata.json")
+        parser = ConfigParser()
+        parser.read_meta(str(meta))
+        parser.read_config(str(cfg_file))
+        parser["bundle_root"] = str(d)
+        ts = d / s.get("torchscript_file", "models/model.ts")
+        pt = d / s.get("model_file", "models/model.pt")
+        if pt.is_file():
+            net = parser.get_parsed_content(s.get("network_key", "network_def"))
+            net.load_state_dict(_load_state_dict(pt), strict=True)
+        elif ts.is_file():
+            net = torch.jit.load(str(ts), map_location="cpu")
+        else:
+            raise ModelError(f"{self.card.id}: bundle {d} has neither models/model.pt nor models/model.ts")
+        self.metadata = json.loads(meta.read_text())
+        return net
+
+
+class ExternalRunner(Runner):
+    """Runs ``settings.command`` with NIfTI in and out. Placeholders: ``{python}`` (this interpreter),
+    ``{input}``, ``{output}``, ``{weights}`` (verified weights path or ""), ``{device}``. The command
+    runs in its own session so cancelling kills its whole process tree."""
+
+    kind = "external"
+
+    def run(self, volume: Volume, ctx: RunContext) -> Prediction:
+        import nibabel as nib
+
+        s = self.card.runner.settings
+        with tempfile.TemporaryDirectory(prefix="medimgai-ext-") as tmp:
+            inp, out = Path(tmp) / "input.nii.gz", Path(tmp) / "output.nii.gz"
+            ctx.report("preprocess", 0.0, "writing NIfTI input")
+            with ctx.timed("preprocess"):
+                nib.save(volume.to_nifti(), str(inp))
+            fields = {"python": shlex.quote(sys.executable), "input": shlex.quote(str(inp)), "output": shlex.quote(str(out)),
+                      "weights": shlex.quote(str(self.weights_path or "")), "device": ctx.device.type}
+            cmd = s["command"].format(**fields)
+            env = dict(os.environ, **{k: str(v) for k, v in (s.get("env") or {}).items()})
+            timeout = float(s.get("timeout_s", 3600))
+            ctx.report("infer", 0.0, "running external command")
+            with ctx.timed("infer"):
+                rc, err = _run_cancellable(shlex.split(cmd), env, timeout, ctx)
+            if rc != 0:
+                raise ModelError(f"{self.card.id}: external command exited with status {rc}: {err.strip()[-500:]}")
+            if not out.is_file():
+                raise ModelError(f"{self.card.id}: external command wrote no output NIfTI at {{output}}")
+            ctx.report("infer", 1.0, "external command finished")
+            with ctx.timed("postprocess"):
+                res = Volume.from_nifti(nib.load(str(out)))
+                arr = np.rint(np.asarray(res.array, dtype=np.float32)).astype(np.uint8)
+                labels = geo.resample(arr, geo.Grid.of(res), geo.Grid.of(volume), interpolation="nearest", dtype=np.uint8)
+                known = {lab.value for lab in self.card.labels} | {0}
+                unknown = sorted(set(np.unique(labels).tolist()) - known)
+                if unknown:
+                    ctx.warnings.append(f"external output holds label values {unknown} that the card does not define; set to 0")
+                    labels[np.isin(labels, unknown)] = 0
+                labels = remove_small_components(labels, self.card, volume.voxel_volume_mm3)
+        return Prediction(labels=volume.with_array(labels))
+
+
+def _run_cancellable(argv: list[str], env: dict[str, str], timeout_s: float, ctx: RunContext) -> tuple[int, str]:
+    err_file = tempfile.TemporaryFile()
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err_file, env=env, start_new_session=True)
+    except OSError as exc:
+        raise ModelError(f"{ctx.card.id}: cannot start external command {argv[0]!r}: {exc}") from None
+    t0 = time.monotonic()
+    try:
+        while True:
+            try:
+                rc = proc.wait(timeout=0.1)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if ctx.cancel is not None and ctx.cancel.is_set():
+                kill_process_tree(proc)
+                raise CancelledError(f"inference with {ctx.card.id} was cancelled")
+            if time.monotonic() - t0 > timeout_s:
+                kill_process_tree(proc)
+                raise ModelError(f"{ctx.card.id}: external command ran longer than {timeout_s:.0f} s and was stopped")
+    except BaseException:
+        kill_process_tree(proc)
+        raise
+    err_file.seek(0)
+    return rc, err_file.read().decode(errors="replace")
+
+
+def kill_process_tree(proc: subprocess.Popen, grace_s: float = 3.0) -> None:
+    """SIGTERM then SIGKILL to the process group started with ``start_new_session=True``."""
+    if proc.poll() is not None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # grandchildren may outlive the leader
+        except (ProcessLookupError, PermissionError):
+            pass
+        return
+    for sig, wait in ((signal.SIGTERM, grace_s), (signal.SIGKILL, grace_s)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            if sig == signal.SIGTERM:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+RUNNERS: dict[str, type[Runner]] = {
+    "bundle": BundleRunner,
+    "torchscript": TorchScriptRunner,
+    "native": NativeRunner,
+    "external": ExternalRunner,
+}
