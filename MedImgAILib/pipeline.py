@@ -324,9 +324,9 @@ def _protocol(result: AnalysisResult, metadata: Any, volume: Volume, card: Any, 
 def _infer(card: Any, volume: Volume, opts: AnalysisOptions, run: _Run) -> Any:
     from .inference.engine import run_model
 
-    def on_progress(fraction: float, message: str = "") -> None:
+    def on_progress(stage: str, fraction: float, message: str = "") -> None:
         if run.progress:
-            run.progress(0.25 + 0.55 * float(fraction), message or "inference")
+            run.progress(0.25 + 0.55 * float(fraction), message or stage)
 
     return run_model(card, volume, device=opts.device, weights_dir=opts.weights_dir,
                      progress=on_progress, cancel=run.cancel)

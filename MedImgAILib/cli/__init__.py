@@ -54,6 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("medimgai: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not a user error: still one line, the traceback on request
+        if args.verbose >= 2:
+            raise
+        print(f"medimgai: internal error ({type(exc).__name__}: {exc}); run with -vv for the traceback "
+              "and report it", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":  # pragma: no cover
