@@ -231,26 +231,47 @@ def _analyze(source: str, opts: AnalysisOptions, run: _Run) -> AnalysisResult:
     with run.step("protocol", 0.2, "checking the acquisition against the protocol library"):
         _protocol(result, metadata, volume, card, opts)
 
-    # model
-    with run.step("inference", 0.25, f"running {card.id} {card.version}"):
-        inference = _infer(card, volume, opts, run)
-    result.warnings.extend(w for w in inference.warnings if w not in result.warnings)
-    result.context["device"] = inference.device
-    for k, v in inference.timings_s.items():
-        run.timings[f"inference.{k}"] = v
+    # model, then findings (a model that owns its whole method measures its own findings)
+    owned = _owned_model(card, opts)
+    if owned is not None:
+        with run.step("inference", 0.25, f"running {card.id} {card.version}"):
+            def owned_progress(*a: Any) -> None:
+                frac = next((x for x in a if isinstance(x, float)), 0.0)
+                if run.progress:
+                    run.progress(0.25 + 0.55 * frac, str(a[-1]) if a and isinstance(a[-1], str) else card.id)
 
-    # findings, priors, rules
-    with run.step("findings", 0.8, "measuring findings"):
-        findings, instance_map = _findings(card, volume, inference)
-        result.findings = findings
-        result.study_measurements.update(_study_measurements(inference))
+            raw = owned.analyze(volume, progress=owned_progress)
+        with run.step("findings", 0.8, "collecting measurements"):
+            own = owned.to_analysis_result(raw)
+            result.findings = own.findings
+            result.study_measurements.update(own.study_measurements)
+            result.context.update({k: v for k, v in own.context.items() if k != "native_ras_to_mni"})
+            result.warnings.extend(w for w in own.warnings if w not in result.warnings)
+            if own.model is not None:
+                result.model = own.model
+            labels_arr = raw.label_map()
+            instance_map = labels_arr
+            result.context["device"] = str(owned.device)
+    else:
+        with run.step("inference", 0.25, f"running {card.id} {card.version}"):
+            inference = _infer(card, volume, opts, run)
+        result.warnings.extend(w for w in inference.warnings if w not in result.warnings)
+        result.context["device"] = inference.device
+        for k, v in inference.timings_s.items():
+            run.timings[f"inference.{k}"] = v
+        with run.step("findings", 0.8, "measuring findings"):
+            findings, instance_map = _findings(card, volume, inference)
+            result.findings = findings
+            result.study_measurements.update(_study_measurements(inference))
+            labels_arr = inference.labels.array
+
     with run.step("rules", 0.85, "applying the clinical rule sets"):
         _priors(result, metadata, opts)
         _rules(result, card, metadata, opts)
 
     # outputs
     with run.step("export", 0.88, "writing SEG, SR and key images"):
-        _write_maps(run.work, volume, inference.labels.array, instance_map)
+        _write_maps(run.work, volume, labels_arr, instance_map)
         _export(run.work, card, volume, instance_map, result, files, opts)
     if opts.send_to:
         with run.step("send", 0.95, f"sending SEG/SR to {opts.send_to}"):
@@ -269,9 +290,15 @@ def _analyze(source: str, opts: AnalysisOptions, run: _Run) -> AnalysisResult:
 
 def _load(local: Path, card: Any, opts: AnalysisOptions) -> tuple[Volume, list[str], Any]:
     if local.is_file() and local.name.lower().endswith((".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")):
-        from .inference.engine import load_input
+        loader_ref = card.runner.settings.get("input_loader") if card is not None else None
+        if loader_ref:
+            from .inference.native import resolve_pipeline
 
-        vol = load_input(local)
+            vol = resolve_pipeline(loader_ref)(local)
+        else:
+            from .inference.engine import load_input
+
+            vol = load_input(local)
         if not vol.modality and card is not None:
             vol.modality = card.modality
         return vol, [], vol.metadata
@@ -330,6 +357,26 @@ def _infer(card: Any, volume: Volume, opts: AnalysisOptions, run: _Run) -> Any:
 
     return run_model(card, volume, device=opts.device, weights_dir=opts.weights_dir,
                      progress=on_progress, cancel=run.cancel)
+
+
+_OWNED_CACHE: dict[tuple[str, str, str, str], Any] = {}
+
+
+def _owned_model(card: Any, opts: AnalysisOptions) -> Any:
+    """The card's own method (``runner.settings.pipeline``: a class with ``load``, ``analyze`` and
+    ``to_analysis_result``), loaded once per process; None for cards the engine runs."""
+    ref = card.runner.settings.get("pipeline") if card.runner.kind == "native" else None
+    if not ref:
+        return None
+    from .inference.native import resolve_pipeline
+
+    cls = resolve_pipeline(ref)
+    if not all(hasattr(cls, m) for m in ("load", "analyze", "to_analysis_result")):
+        return None  # a function-style pipeline: the engine runs it
+    key = (card.id, card.version, str(opts.weights_dir or ""), str(opts.device or "auto"))
+    if key not in _OWNED_CACHE:
+        _OWNED_CACHE[key] = cls.load(weights_dir=opts.weights_dir, device=opts.device or "auto")
+    return _OWNED_CACHE[key]
 
 
 def label_specs_for(card: Any) -> list[Any]:
