@@ -38,6 +38,13 @@ def add_listener_args(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("listen", help="receive studies over DICOM (Storage SCP) until SIGTERM")
     add_listener_args(p)
+    g = p.add_argument_group("unattended analysis (each completed study is analysed and the results sent back)")
+    g.add_argument("--analyze", action="store_true", help="run the pipeline on every completed study")
+    g.add_argument("--results", type=Path, default=Path("results"), help="results folder (one sub-folder per study)")
+    g.add_argument("--model", help="model card id (default: the card matching each series)")
+    g.add_argument("--send-back", metavar="NODE", help="PACS node to store SEG/SR/key images to")
+    g.add_argument("--result-store", metavar="DB", help="result store for the worklist and priors (SQLite path or URL)")
+    g.add_argument("--device", help="cpu | cuda | mps")
     p.set_defaults(func=cmd_listen)
 
 
@@ -72,9 +79,23 @@ def cmd_listen(args: argparse.Namespace) -> int:
     index_spec = args.index or settings.listener.index
     index = open_index(index_spec) if index_spec else None
 
+    analyzer = None
+    if args.analyze:
+        from ..pipeline import AnalysisOptions, StudyAnalyzer
+
+        store = None
+        if args.result_store:
+            from ..tracking import ResultStore
+
+            store = ResultStore(args.result_store)
+        analyzer = StudyAnalyzer(args.results, AnalysisOptions(
+            model_id=args.model, device=args.device, send_to=args.send_back, pacs_settings=settings, store=store))
+
     def complete(study_uid: str, paths: list[Path]) -> None:
         print(json.dumps({"event": "study-complete", "study_uid": study_uid, "instances": len(paths),
                           "paths": [str(p) for p in paths]}), flush=True)
+        if analyzer is not None:
+            analyzer(study_uid, paths)
 
     listener = Listener(cfg, index=index, on_study_complete=complete)
     listener.start()
@@ -83,5 +104,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
     try:
         listener.serve_until_signal()
     finally:
+        if analyzer is not None:
+            analyzer.close()
         print(json.dumps({"event": "stopped", "received": listener.received, "refused": listener.refused}), flush=True)
     return 0
