@@ -146,7 +146,7 @@ def test_pacs_study_is_retrieved_analysed_and_stored_back(orthanc, in_ns, phanto
     from MedImgAILib.pacs import client
     from MedImgAILib.pacs.settings import PacsSettings
 
-    orthanc.upload(phantom_study["files"])
+    orthanc.upload([Path(f) for f in phantom_study["files"]])
     study_uid = phantom_study["truth"]["study_instance_uid"]
     r = run_cli("analyze", f"{orthanc.node}:{study_uid}", "--model", "ct-lung-nodule", "--out", str(tmp_path / "out"),
                 "--send", orthanc.node, "--no-key-images", timeout=600)
@@ -162,7 +162,7 @@ def test_listener_triggers_analysis_when_orthanc_routes_a_study(orthanc, in_ns, 
     from MedImgAILib.pacs.listener import Listener, ListenerConfig
     from MedImgAILib.pacs.settings import PacsSettings
 
-    orthanc.upload(phantom_study["files"])
+    orthanc.upload([Path(f) for f in phantom_study["files"]])
     study_uid = phantom_study["truth"]["study_instance_uid"]
     s = PacsSettings(local_aet="LISTENER")
     analyzer = StudyAnalyzer(tmp_path / "results", AnalysisOptions(send_to=orthanc.node, pacs_settings=s, key_images=False))
