@@ -12,10 +12,19 @@ from typing import Sequence
 
 from ..errors import MedImgAIError
 
-#: command modules, in the order their commands appear in ``--help``
-COMMAND_MODULES: list[str] = [
-    "rules",
+#: command modules in the order their commands appear in ``--help``; any other module in this package
+#: with a ``register(sub)`` function is added after them
+COMMAND_ORDER = [
+    "demo", "analyze", "series", "phantom", "pacs", "listen", "models", "infer", "train", "qc", "protocols",
+    "rules", "hippodeep",
 ]
+
+
+def _command_modules() -> list[str]:
+    import pkgutil
+
+    found = {m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_")}
+    return [n for n in COMMAND_ORDER if n in found] + sorted(found - set(COMMAND_ORDER))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,8 +32,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"{__name__}.{name}").register(sub)
+    for name in _command_modules():
+        module = importlib.import_module(f"{__name__}.{name}")
+        if hasattr(module, "register"):
+            module.register(sub)
     return parser
 
 
