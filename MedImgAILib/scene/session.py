@@ -427,20 +427,9 @@ class ReviewSession:
             out[f"R{n}"] = _segment_mask(self.ctx, seg_node, sid, self.nodes.ai_labelmap)
         return out
 
-    def export(
-        self,
-        out_dir: str | os.PathLike[str],
-        observer: str,
-        *,
-        key_images: bool = True,
-        send_to: Optional[str] = None,
-        pacs_settings: Any = None,
-    ) -> ExportOutcome:
-        """The corrected result as SEG + SR TID 1500 (+ key images) with the radiologist as observer,
-        plus findings.json and corrections.json, into ``out_dir``; then, with ``send_to`` (a configured
-        PACS node name or AET@host:port), C-STORE of the DICOM objects."""
-        from ..export import DeviceInfo, export_study
-
+    def prepare_export(self, observer: str) -> "ExportInputs":
+        """Everything the export needs from the scene (re-measured result, the instance map of the
+        corrected segments). Reads MRML: call it on the application's main thread."""
         if not observer.strip():
             raise ReviewError("export needs the observer: the radiologist's name as Family^Given")
         if not self.sources:
@@ -460,28 +449,80 @@ class ReviewSession:
                 continue
             findings.append(f)
             instance_map[mask & (instance_map == 0)] = len(findings)
-        model = self.result.model
-        device = DeviceInfo(model_id=model.id if model else "medimgai", model_version=model.version if model else "0")
-        out = Path(out_dir)
-        objs = export_study(
-            out, self.volume, instance_map, findings, self.sources, device,
-            label_specs=finding_label_specs(self.card), study_measurements=corrected.result.study_measurements,
-            person_observer=observer, key_images=key_images,
-        )
-        final = corrected.result.model_copy(deep=True)
-        final.findings = findings  # tracking UIDs assigned by the export are kept
-        final.outputs.seg = objs.seg.name if objs.seg else None
-        final.outputs.sr = objs.sr.name
-        final.outputs.key_images = [str(p.relative_to(out)) for p in objs.key_images]
-        final.outputs.instance_map = None
-        final.warnings = [*final.warnings, *warnings]
-        fj = final.write(out / "findings.json")
-        _write_json_atomic(out / "corrections.json", [c.model_dump(mode="json") for c in corrected.corrections])
-        outcome = ExportOutcome(out_dir=out, seg=objs.seg, sr=objs.sr, key_images=list(objs.key_images),
-                                findings_json=fj, warnings=warnings)
-        if send_to:
-            outcome.sent = send_to_pacs(outcome.files, send_to, pacs_settings)
-        return outcome
+        return ExportInputs(volume=self.volume, instance_map=instance_map, findings=findings, corrected=corrected,
+                            sources=list(self.sources), card=self.card, observer=observer, warnings=warnings)
+
+    def export(
+        self,
+        out_dir: str | os.PathLike[str],
+        observer: str,
+        *,
+        key_images: bool = True,
+        send_to: Optional[str] = None,
+        pacs_settings: Any = None,
+    ) -> ExportOutcome:
+        """The corrected result as SEG + SR TID 1500 (+ key images) with the radiologist as observer,
+        plus findings.json and corrections.json, into ``out_dir``; then, with ``send_to`` (a configured
+        PACS node name or AET@host:port), C-STORE of the DICOM objects."""
+        return write_export(self.prepare_export(observer), out_dir, key_images=key_images, send_to=send_to,
+                            pacs_settings=pacs_settings)
+
+
+@dataclass
+class ExportInputs:
+    """A snapshot of the reviewed result, independent of the scene (safe to write on a worker thread)."""
+
+    volume: Volume
+    instance_map: np.ndarray  # value n = findings[n-1]
+    findings: list[Finding]
+    corrected: CorrectedResult
+    sources: list[Path]
+    card: Any
+    observer: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def write_export(
+    inputs: ExportInputs,
+    out_dir: str | os.PathLike[str],
+    *,
+    key_images: bool = True,
+    send_to: Optional[str] = None,
+    pacs_settings: Any = None,
+) -> ExportOutcome:
+    """SEG + SR (+ key images), findings.json and corrections.json into ``out_dir``; optionally sent."""
+    from ..export import DeviceInfo, export_study
+
+    corrected = inputs.corrected
+    model = corrected.result.model
+    device = DeviceInfo(model_id=model.id if model else "medimgai", model_version=model.version if model else "0")
+    out = Path(out_dir)
+    findings = [f.model_copy(deep=True) for f in inputs.findings]
+    objs = export_study(
+        out, inputs.volume, inputs.instance_map, findings, inputs.sources, device,
+        label_specs=finding_label_specs(inputs.card), study_measurements=corrected.result.study_measurements,
+        person_observer=inputs.observer, key_images=key_images,
+    )
+    final = corrected.result.model_copy(deep=True)
+    final.findings = findings  # with the tracking UIDs the export assigned
+    final.outputs.seg = objs.seg.name if objs.seg else None
+    final.outputs.sr = objs.sr.name
+    final.outputs.key_images = [str(p.relative_to(out)) for p in objs.key_images]
+    final.outputs.instance_map = None
+    final.warnings = [*final.warnings, *inputs.warnings]
+    fj = final.write(out / "findings.json")
+    _write_json_atomic(out / "corrections.json", [c.model_dump(mode="json") for c in corrected.corrections])
+    outcome = ExportOutcome(out_dir=out, seg=objs.seg, sr=objs.sr, key_images=list(objs.key_images),
+                            findings_json=fj, warnings=list(inputs.warnings))
+    if send_to:
+        outcome.sent = send_to_pacs(outcome.files, send_to, pacs_settings)
+    return outcome
+
+
+def default_store_path() -> str:
+    """The tracking store the Slicer module and the listener share: $MEDIMGAI_RESULTS_DB (a path or an
+    SQLAlchemy URL) or ~/.local/share/medimgai/results.db."""
+    return os.environ.get("MEDIMGAI_RESULTS_DB") or str(Path.home() / ".local" / "share" / "medimgai" / "results.db")
 
 
 def send_to_pacs(files: Sequence[Path], node_spec: str, settings: Any = None) -> dict[str, Any]:
