@@ -217,6 +217,10 @@ class ReviewSession:
             self.ctx, volume, instance_labels, result, specs=segment_specs(self.card),
             study_name=study_name, patient_name=patient_name,
         )
+        disp = self.nodes.segmentation.GetDisplayNode()
+        if disp is not None:  # the reader must see the lesion's texture (solid core, ground glass) through it
+            disp.SetOpacity2DFill(0.3)
+            disp.SetOpacity2DOutline(1.0)
         self.corrected: Optional[CorrectedResult] = None
         #: the tracking store's id of this result, once recorded (or when opened from the worklist)
         self.result_id: Optional[int] = None
@@ -283,18 +287,25 @@ class ReviewSession:
         cats = (self.corrected.result if self.corrected else self.result).study_categories
         return "; ".join(f"{c.system} {c.value}" + (f": {c.recommendation}" if c.recommendation else "") for c in cats)
 
-    def center_ras(self, finding_id: str) -> np.ndarray:
-        """Where "Jump to" centres the slice views (RAS, the scene's frame)."""
+    def center_lps(self, finding_id: str) -> np.ndarray:
+        """Where "Jump to" goes: the middle of the long axis (the slice the finding was measured on,
+        so its lines are in view), else the finding's centroid."""
         f = self.finding(finding_id)
+        if len(f.long_axis_lps_mm) == 2:
+            return np.mean(np.asarray(f.long_axis_lps_mm, dtype=float), axis=0)
         if not f.center_lps_mm:
             raise ReviewError(f"finding {finding_id} has no centre")
-        return lps_to_ras(f.center_lps_mm)
+        return np.asarray(f.center_lps_mm, dtype=float)
+
+    def center_ras(self, finding_id: str) -> np.ndarray:
+        """``center_lps`` in RAS, the scene's frame (what the slice views are moved to)."""
+        return lps_to_ras(self.center_lps(finding_id))
 
     def render_finding(self, finding_id: str, size: tuple[int, int] = (512, 512), field_of_view_mm: Optional[float] = None):
         """An axial slice through the finding's centre with the overlays (headless "Jump to")."""
         from .render import render_slice
 
-        return render_slice(self.ctx, self.nodes.volume, center_lps=self.finding(finding_id).center_lps_mm,
+        return render_slice(self.ctx, self.nodes.volume, center_lps=self.center_lps(finding_id),
                             size=size, field_of_view_mm=field_of_view_mm)
 
     # --- verdicts -----------------------------------------------------------------------------------

@@ -192,11 +192,22 @@ def test_corrections_are_recorded_in_the_tracking_store(session, tmp_path, case)
 
 def test_jump_to_centres_the_view_on_the_finding(session, case):
     f = case[2].findings[0]
-    np.testing.assert_allclose(session.center_ras("F1"), [-f.center_lps_mm[0], -f.center_lps_mm[1], f.center_lps_mm[2]])
+    # the measured slice: the middle of the long axis, in RAS
+    mid = np.mean(f.long_axis_lps_mm, axis=0)
+    np.testing.assert_allclose(session.center_ras("F1"), [-mid[0], -mid[1], mid[2]])
+    assert abs(mid[2] - case[0].ijk_to_lps([0, 0, f.slice_index])[2]) < 1e-6
     img = session.render_finding("F1", size=(192, 192), field_of_view_mm=60.0)
-    r, c = img.lps_to_pixel(np.asarray(f.center_lps_mm) + [1.5, 1.5, 0.0])
+    inside = np.asarray(f.center_lps_mm[:2] + [mid[2]]) + [1.5, 1.5, 0.0]
+    r, c = img.lps_to_pixel(inside)
     red, green, blue = (int(x) for x in img.rgb[r, c])
-    assert red > green + 40 and red > blue + 40, img.rgb[r, c]  # the card's nodule colour over the lesion
+    assert red > green + 25 and red > blue + 25, img.rgb[r, c]  # the segment's colour over the lesion
+    r, c = img.lps_to_pixel(np.asarray(inside) + [12.0, 0.0, 0.0])  # lung beside it: grey
+    g = img.rgb[r, c].astype(int)
+    assert abs(g[0] - g[1]) < 8 and abs(g[1] - g[2]) < 8, g
+    # the long-axis line is drawn in this view: its yellow end points are there
+    r, c = img.lps_to_pixel(f.long_axis_lps_mm[0])
+    patch = img.rgb[max(0, r - 3): r + 4, max(0, c - 3): c + 4].reshape(-1, 3).astype(int)
+    assert ((patch[:, 0] > 180) & (patch[:, 1] > 140) & (patch[:, 2] < 100)).any(), patch
 
 
 # --------------------------------------------------------------------------------------------------

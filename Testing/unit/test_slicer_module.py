@@ -165,7 +165,7 @@ def test_dependencies_are_installed_from_the_requirements_without_touching_slice
              if line.strip() and not line.startswith("#")}
     assert not names & {"numpy", "simpleitk", "torch"}, names & {"numpy", "simpleitk", "torch"}
     logic = ast.unparse(_class(tree, "MedImgAILogic"))
-    assert "pip_install" in logic and "requirements.txt" in logic and '"-c"' in logic
+    assert "pip_install" in logic and "requirements.txt" in logic and "'-c'" in logic
     assert "PyTorchUtils" in logic and "testingEnabled" in logic and "confirmOkCancelDisplay" in logic
     # each pip requirement the module checks for is in requirements.txt
     req_map = next(n for n in tree.body if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "REQUIRED_IMPORTS")
