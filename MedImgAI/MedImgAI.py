@@ -666,6 +666,13 @@ class MedImgAILogic(ScriptedLoadableModuleLogic):
     def defaultExportDirectory(self) -> str:
         return os.path.join(self._workDir(), "export")
 
+    def libraryRoot(self) -> str:
+        """The folder holding MedImgAILib (the module's folder when installed, the repository root
+        for a developer checkout): the worker process imports the same library."""
+        import MedImgAILib
+
+        return os.path.dirname(os.path.dirname(os.path.abspath(MedImgAILib.__file__)))
+
     def pythonExecutable(self) -> str:
         return shutil.which("PythonSlicer") or sys.executable
 
@@ -678,7 +685,7 @@ class MedImgAILogic(ScriptedLoadableModuleLogic):
             raise ValueError(f"{volumeNode.GetName()} has no DICOM files in Slicer's database")
         run = tempfile.mkdtemp(prefix=time.strftime("analysis-%Y%m%d-%H%M%S-"), dir=self._workDir())
         source = link_series_files(files, os.path.join(run, "series"))
-        env = {"PYTHONPATH": os.pathsep.join([MODULE_DIR, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+        env = {"PYTHONPATH": os.pathsep.join([self.libraryRoot(), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
         return AnalysisJob.start(source, modelId, os.path.join(run, "out"), device=device, context=context,
                                  python=self.pythonExecutable(), env=env)
 

@@ -405,8 +405,23 @@ class ReviewSession:
         """Compare the scene with the AI's version: re-measure edited segments and moved lines,
         re-apply the rules, one correction record per finding. Updates the scene's table."""
         self.corrected = read_corrections(self.ctx, self.volume, self.remeasure_mask, self.recategorize, observer=observer)
+        self._sync_lines(self.corrected)
         fill_table(self.nodes.table, self.findings)
         return self.corrected
+
+    def _sync_lines(self, corrected: CorrectedResult) -> None:
+        """After a segment edit the diameter lines show the re-measured axes (a line the reader moved
+        stays where they put it: the corrected finding already carries its ends)."""
+        edited = {c.finding_id for c in corrected.corrections if "segmentation" in c.what_changed}
+        for f in corrected.result.findings:
+            if f.id not in edited:
+                continue
+            for axis, ends in (("long", f.long_axis_lps_mm), ("short", f.short_axis_lps_mm)):
+                node = self.nodes.lines.get(f.id, {}).get(axis)
+                if node is None or node.GetScene() is None or len(ends) != 2:
+                    continue
+                for i, p in enumerate(ends):
+                    node.SetNthControlPointPositionWorld(i, *[float(x) for x in lps_to_ras(p)])
 
     # --- tracking -----------------------------------------------------------------------------------
     def record(self, store: Any, observer: str = "", *, patient_id: str = "", study_date: str = "", site: str = "") -> int:

@@ -128,6 +128,25 @@ def test_eroded_segment_is_remeasured_with_dice_and_volume_change_from_numpy(ses
     assert found["F1"].long_axis_lps_mm != result.findings[0].long_axis_lps_mm
     assert found["F1"].type == "solid" and found["F1"].id == "F1" and found["F1"].instance_value == 1
     assert recs["F2"].action == "unreviewed" and recs["F2"].dice is None
+    # the lines now show the re-measured axes; re-measuring again changes nothing more
+    assert session.nodes.lines["F1"]["long"].GetLineLengthWorld() == pytest.approx(found["F1"].long_axis_mm)
+    assert session.nodes.lines["F1"]["short"].GetLineLengthWorld() == pytest.approx(found["F1"].short_axis_mm)
+    again = session.remeasure(observer="Doe^Jane")
+    assert again.corrections[0].what_changed == ["segmentation"]
+    assert again.result.findings[0].mean_diameter_mm == pytest.approx(found["F1"].mean_diameter_mm)
+
+
+def test_a_line_moved_after_a_segment_edit_wins(session, case):
+    _set_segment_mask(session, session.nodes.segment_ids["F1"], ndimage.binary_erosion(case[1] == 1))
+    first = session.remeasure()
+    f = first.result.findings[0]
+    a, b = np.asarray(f.long_axis_lps_mm)
+    end = a + (b - a) / np.linalg.norm(b - a) * 4.0
+    session.nodes.lines["F1"]["long"].SetNthControlPointPositionWorld(1, *[float(x) for x in lps_to_ras(end)])
+    second = session.remeasure()
+    assert second.corrections[0].what_changed == ["segmentation", "long axis line"]
+    assert second.result.findings[0].long_axis_mm == pytest.approx(4.0)
+    assert second.result.findings[0].volume_mm3 == pytest.approx(f.volume_mm3)  # the mask's volume stays
 
 
 def test_shortened_long_axis_moves_the_nodule_across_a_lung_rads_boundary(session, case):
