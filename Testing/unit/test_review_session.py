@@ -284,3 +284,24 @@ def test_export_writes_the_corrected_seg_and_sr_with_the_radiologist(analysis_di
     assert final.findings[0].volume_mm3 == pytest.approx(eroded.sum() * case[0].voxel_volume_mm3)
     assert (out.out_dir / "corrections.json").is_file()
     assert not list(out.out_dir.rglob("*partial*"))
+
+
+def test_export_sends_seg_sr_and_key_images_to_a_pacs_node(analysis_dir, tmp_path):
+    """To a real DICOM Storage SCP (the project's listener, pynetdicom, on 127.0.0.1), by AET@host:port."""
+    from MedImgAILib.pacs.listener import Listener, ListenerConfig
+    from MedImgAILib.pacs.settings import PacsSettings
+
+    listener = Listener(ListenerConfig(aet="REVIEWPACS", port=0, store_dir=tmp_path / "pacs", min_free_mb=0,
+                                       query_retrieve=False)).start()
+    try:
+        s = ReviewSession.open(analysis_dir)
+        s.accept("F1")
+        out = s.export(tmp_path / "final", observer="Doe^Jane", send_to=f"REVIEWPACS@127.0.0.1:{listener.port}",
+                       pacs_settings=PacsSettings(local_aet="SLICER"))
+    finally:
+        listener.stop()
+    assert out.sent["sent"] == len(out.files) == 4 and out.sent["failed"] == 0  # SEG, SR, 2 key images
+    stored = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID
+              for p in (tmp_path / "pacs").rglob("*") if p.is_file() and not p.name.startswith(".")}
+    sent = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in out.files}
+    assert sent <= stored
