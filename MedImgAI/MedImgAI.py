@@ -197,7 +197,10 @@ class MedImgAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.versionLabel.text = f"MedImgAILib {self.logic.libraryVersion()}"
         self.ui.progressBar.setValue(0)
         self.ui.logTextEdit.setMaximumBlockCount(2000)
-        self._populateChoices()
+        try:
+            self._populateChoices()
+        except ImportError as exc:  # first start: the library's dependencies are not installed yet
+            self.ui.pacsStatusLabel.text = f"Python package {exc.name} missing: press 'Install dependencies'"
         self.initializeParameterNode()
         self._updateReviewButtons()
 
@@ -256,6 +259,8 @@ class MedImgAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Exception as exc:  # settings missing or invalid: say so in the PACS panel
             self.ui.pacsStatusLabel.text = str(exc)
         self.onInputVolumeChanged(self.ui.inputVolumeSelector.currentNode())
+        if self._parameterNode:  # refilled combo boxes: reconnect, so they show the stored choices
+            self.setParameterNode(self._parameterNode)
 
     def onInputVolumeChanged(self, node) -> None:
         current = self._parameterNode.modelId if self._parameterNode else ""
@@ -274,6 +279,11 @@ class MedImgAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.applyButton.text = "Cancel"
             self.ui.applyButton.toolTip = "Stop the analysis (ends the worker and everything it started)"
             self.ui.applyButton.enabled = self._job.status.state != "cancelling"
+            return
+        if self.logic.missingDependencies():
+            self.ui.applyButton.text = "Install dependencies"
+            self.ui.applyButton.toolTip = "Install the Python packages MedImgAI needs (you are asked first)"
+            self.ui.applyButton.enabled = True
             return
         self.ui.applyButton.text = "Analyze"
         reason = self.logic.cannotAnalyzeReason(self._parameterNode) if self._parameterNode else "no parameter node"
@@ -376,7 +386,12 @@ class MedImgAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showJob(self._job.status)
             return
         with slicer.util.tryWithErrorDisplay("Failed to start the analysis", waitCursor=True):
-            if not self.logic.ensureDependencies(ask=True):
+            if self.logic.missingDependencies():
+                if self.logic.ensureDependencies(ask=True):
+                    self._populateChoices()  # model cards and PACS nodes can be read now
+                self._checkCanApply()
+                return  # the user checks the model and device, then presses Analyze
+            if not self.logic.ensureDependencies(ask=True):  # torch through the PyTorch extension
                 return
             p = self._parameterNode
             self.ui.logTextEdit.clear()
@@ -510,10 +525,15 @@ class MedImgAILogic(ScriptedLoadableModuleLogic):
         return MedImgAILib.__version__
 
     # --- dependencies -----------------------------------------------------------------------------
+    _missing = None  # cached until ensureDependencies runs
+
     def missingDependencies(self) -> list:
+        """pip requirement names of the packages that cannot be imported yet."""
         import importlib.util
 
-        return [req for name, req in REQUIRED_IMPORTS.items() if importlib.util.find_spec(name) is None]
+        if MedImgAILogic._missing is None:
+            MedImgAILogic._missing = [req for name, req in REQUIRED_IMPORTS.items() if importlib.util.find_spec(name) is None]
+        return MedImgAILogic._missing
 
     def ensureDependencies(self, ask: bool = True) -> bool:
         """Install Resources/requirements.txt (asking first, except in testing mode) and torch through
@@ -538,6 +558,9 @@ class MedImgAILogic(ScriptedLoadableModuleLogic):
                         pass
             requirements = os.path.join(MODULE_DIR, "Resources", "requirements.txt")
             slicer.util.pip_install(["-r", requirements, "-c", constraints])
+            MedImgAILogic._missing = None
+            if self.missingDependencies():
+                raise RuntimeError(f"still missing after installing: {', '.join(self.missingDependencies())}")
         import importlib.util
 
         if importlib.util.find_spec("torch") is None:
