@@ -222,6 +222,7 @@ class ReviewSession:
             disp.SetOpacity2DFill(0.3)
             disp.SetOpacity2DOutline(1.0)
         self.corrected: Optional[CorrectedResult] = None
+        self._observer = ""  # the reviewer, once named
         #: the tracking store's id of this result, once recorded (or when opened from the worklist)
         self.result_id: Optional[int] = None
 
@@ -329,7 +330,6 @@ class ReviewSession:
         if sid is None:
             raise ReviewError(f"finding {finding_id} has no segment any more (deleted): it counts as rejected")
         self.nodes.segmentation.GetSegmentation().GetSegment(sid).SetTag(TAG_STATUS, status)
-        self.corrected = None  # a verdict changes the corrected result: re-measure again
         # a rejected finding disappears from the views; its row stays in the table, marked
         visible = status != "rejected"
         disp = self.nodes.segmentation.GetDisplayNode()
@@ -338,7 +338,10 @@ class ReviewSession:
         for line in self.nodes.lines.get(finding_id, {}).values():
             if line.GetScene() is not None and line.GetDisplayNode() is not None:
                 line.GetDisplayNode().SetVisibility(visible)
-        fill_table(self.nodes.table, self.findings)
+        if self.corrected is not None:  # keep the corrected measurements, with this verdict in them
+            self.remeasure(self._observer)
+        else:
+            fill_table(self.nodes.table, self.findings)
 
     def accept(self, finding_id: str) -> None:
         self.set_status(finding_id, "accepted")
@@ -404,7 +407,9 @@ class ReviewSession:
     def remeasure(self, observer: str = "") -> CorrectedResult:
         """Compare the scene with the AI's version: re-measure edited segments and moved lines,
         re-apply the rules, one correction record per finding. Updates the scene's table."""
-        self.corrected = read_corrections(self.ctx, self.volume, self.remeasure_mask, self.recategorize, observer=observer)
+        self._observer = observer or self._observer
+        self.corrected = read_corrections(self.ctx, self.volume, self.remeasure_mask, self.recategorize,
+                                          observer=self._observer)
         self._sync_lines(self.corrected)
         fill_table(self.nodes.table, self.findings)
         return self.corrected

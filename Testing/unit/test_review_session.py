@@ -107,6 +107,10 @@ def test_accept_and_reject_are_segment_tags_and_corrections(session):
     assert recs["F1"].observer == "Doe^Jane"
     with pytest.raises(ReviewError, match="status 'maybe'"):
         session.set_status("F1", "maybe")
+    # a verdict after re-measuring keeps the corrected result current
+    session.set_status("F2", "ai")
+    assert [f.status for f in session.findings] == ["accepted", "ai"]
+    assert {c.finding_id: c.action for c in session.corrected.corrections} == {"F1": "accepted", "F2": "unreviewed"}
 
 
 def test_eroded_segment_is_remeasured_with_dice_and_volume_change_from_numpy(session, case):
