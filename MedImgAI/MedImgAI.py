@@ -406,9 +406,13 @@ class MedImgAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._log(line)
         self._showJob(st)
         if st.state == "importing":
-            with slicer.util.tryWithErrorDisplay("Could not show the analysis result", waitCursor=True):
-                self._showSession(self.logic.openResult(st.result_dir))
-            self._job.imported()
+            try:
+                with slicer.util.tryWithErrorDisplay("Could not show the analysis result", waitCursor=True):
+                    self._showSession(self.logic.openResult(st.result_dir))
+            except Exception as exc:  # shown to the user already; do not try again on the next tick
+                self._job.import_failed(str(exc))
+            else:
+                self._job.imported()
             self._showJob(self._job.status)
         if not self._job.active:
             self._checkCanApply()

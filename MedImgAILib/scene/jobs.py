@@ -144,6 +144,10 @@ class AnalysisJob:
         """The panel has built the review scene from the result."""
         self.status.state, self.status.message = DONE, "done"
 
+    def import_failed(self, error: str) -> None:
+        """The result could not be shown (the panel reports why); the job ends as failed."""
+        self.status.state, self.status.error, self.status.message = FAILED, error, error
+
 
 class ThreadTask:
     """``fn(*args, progress=callback)`` (or ``fn(*args)``) on a daemon thread; ``poll()`` returns

@@ -85,6 +85,14 @@ def test_progress_then_importing_with_the_result_folder(tmp_path):
     assert job.status.state == DONE and not job.active
 
 
+def test_a_result_that_cannot_be_shown_ends_the_job_as_failed(tmp_path):
+    job = _job(tmp_path)
+    st, _, _ = _until(job, {IMPORTING, FAILED})
+    job.import_failed("instance map instances.nii.gz is not on the grid of series 1.2.3")
+    st = job.poll()
+    assert st.state == FAILED and not job.active and "not on the grid" in st.error
+
+
 def test_worker_error_is_shown_as_its_message(tmp_path):
     st, _, log = _until(_job(tmp_path, "--fail"), {FAILED, IMPORTING})
     assert st.state == FAILED and st.error == "series 1.2.3 has 2 slices at the same position z=-120.0"
