@@ -18,7 +18,6 @@ import typing
 from pathlib import Path
 from typing import Annotated, Optional
 
-import ctk
 import qt
 import vtk
 
