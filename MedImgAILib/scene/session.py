@@ -199,6 +199,7 @@ class ReviewSession:
         study_name: str = "Study",
         patient_name: str = "Patient",
         rule_sets: Optional[Sequence[str]] = None,
+        nodes: Optional[ResultNodes] = None,
     ) -> None:
         if instance_labels.shape != volume.array.shape:
             raise ReviewError(
@@ -213,7 +214,7 @@ class ReviewSession:
         self.sources = [Path(s) for s in sources]
         self.analysis_dir = analysis_dir
         self._rule_sets = list(rule_sets) if rule_sets is not None else None
-        self.nodes: ResultNodes = build_result_nodes(
+        self.nodes: ResultNodes = nodes or build_result_nodes(
             self.ctx, volume, instance_labels, result, specs=segment_specs(self.card),
             study_name=study_name, patient_name=patient_name,
         )
@@ -259,6 +260,54 @@ class ReviewSession:
             sources = series_files(src, volume.series_instance_uid)
         return cls(volume, np.asarray(labels.array).astype(np.int32), result, ctx=ctx, card=card,
                    sources=sources or (), analysis_dir=base, **kw)
+
+    @classmethod
+    def from_scene(cls, ctx: SceneContext, *, volume: Optional[Volume] = None, card: Any = None,
+                   sources: Sequence[str | os.PathLike[str]] = (), **kw: Any) -> "ReviewSession":
+        """The session of a scene that already holds a MedImgAI result (a review saved as .mrb and
+        reloaded, or a scene the module built earlier): nodes found by their MedImgAI attributes and
+        tags, edits and verdicts kept. Without ``volume`` the source volume is read from its node
+        (pixels, geometry and the source instance UIDs recorded on it)."""
+        from .build import ATTR_AXIS, ATTR_RESULT, ATTR_ROLE
+        from .convert import affine_lps_from_node, array_from_image_data
+
+        def nodes_of(cls_name: str) -> list[Any]:
+            col = ctx.scene.GetNodesByClass(cls_name)
+            return [col.GetItemAsObject(i) for i in range(col.GetNumberOfItems())]
+
+        segs = [n for n in nodes_of("vtkMRMLSegmentationNode") if n.GetAttribute(ATTR_RESULT)]
+        labs = [n for n in nodes_of("vtkMRMLLabelMapVolumeNode") if n.GetAttribute(ATTR_ROLE) == "ai-instance-labels"]
+        if not segs or not labs:
+            raise ReviewError("the scene holds no MedImgAI result (no segmentation with the AI result attached)")
+        seg, lab = segs[0], labs[0]
+        result = AnalysisResult.model_validate_json(seg.GetAttribute(ATTR_RESULT))
+        instance = array_from_image_data(lab.GetImageData()).astype(np.int32)
+        vols = [n for n in nodes_of("vtkMRMLScalarVolumeNode") if not n.IsA("vtkMRMLLabelMapVolumeNode")]
+        vol_node = next((n for n in vols if n.GetAttribute("DICOM.instanceUIDs")), vols[0] if vols else None)
+        if vol_node is None:
+            raise ReviewError("the scene holds the MedImgAI result but not its source volume")
+        if volume is None:
+            uids = (vol_node.GetAttribute("DICOM.instanceUIDs") or "").split()
+            volume = Volume(array=array_from_image_data(vol_node.GetImageData()), affine=affine_lps_from_node(vol_node),
+                            series_instance_uid=result.series_instance_uid, study_instance_uid=result.study_instance_uid,
+                            source_sop_instance_uids=uids, source_frame_numbers=[1] * len(uids))
+        segmentation = seg.GetSegmentation()
+        segment_ids = {}
+        for sid in segmentation.GetSegmentIDs():
+            fid = segment_tag(segmentation.GetSegment(sid), TAG_FINDING)
+            if fid:
+                segment_ids[fid] = sid
+        lines: dict[str, dict[str, Any]] = {}
+        for n in nodes_of("vtkMRMLMarkupsLineNode"):
+            if n.GetAttribute(TAG_FINDING):
+                lines.setdefault(n.GetAttribute(TAG_FINDING), {})[n.GetAttribute(ATTR_AXIS)] = n
+        tables = [n for n in nodes_of("vtkMRMLTableNode") if n.GetName() == "AI findings table"]
+        sh = ctx.scene.GetSubjectHierarchyNode()
+        nodes = ResultNodes(volume=vol_node, segmentation=seg, ai_labelmap=lab,
+                            table=tables[0] if tables else ctx.scene.AddNewNodeByClass("vtkMRMLTableNode", "AI findings table"),
+                            lines=lines, segment_ids=segment_ids,
+                            study_item=sh.GetItemParent(sh.GetItemByDataNode(seg)) if sh else 0)
+        return cls(volume, instance, result, ctx=ctx, card=card, sources=sources, nodes=nodes, **kw)
 
     # --- what the panel shows -----------------------------------------------------------------------
     @property

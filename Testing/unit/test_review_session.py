@@ -213,6 +213,26 @@ def test_corrections_are_recorded_in_the_tracking_store(session, tmp_path, case)
     assert store.worklist(status="ai") == [] and store.worklist(status="reviewed")[0]["result_id"] == rid
 
 
+def test_a_review_saved_as_mrb_reopens_with_its_edits(session, case, tmp_path):
+    from MedImgAILib.scene.io import load_mrb, save_mrb
+
+    eroded = ndimage.binary_erosion(case[1] == 1)
+    _set_segment_mask(session, session.nodes.segment_ids["F1"], eroded)
+    session.reject("F2")
+    before = session.remeasure(observer="Doe^Jane")
+    reopened = ReviewSession.from_scene(load_mrb(save_mrb(session.ctx, tmp_path / "review.mrb")))
+    np.testing.assert_array_equal(reopened.volume.array, case[0].array)
+    np.testing.assert_allclose(reopened.volume.affine, case[0].affine, atol=1e-6)
+    assert reopened.volume.source_sop_instance_uids == case[0].source_sop_instance_uids
+    assert reopened.status("F2") == "rejected" and sorted(reopened.nodes.lines) == ["F1", "F2"]
+    after = reopened.remeasure(observer="Doe^Jane")
+    assert [(c.finding_id, c.action, c.dice) for c in after.corrections] == \
+        [(c.finding_id, c.action, c.dice) for c in before.corrections]
+    assert after.result.findings[0].volume_mm3 == pytest.approx(eroded.sum() * case[0].voxel_volume_mm3)
+    with pytest.raises(ReviewError, match="no MedImgAI result"):
+        ReviewSession.from_scene(new_scene())
+
+
 def test_jump_to_centres_the_view_on_the_finding(session, case):
     f = case[2].findings[0]
     # the measured slice: the middle of the long axis, in RAS
