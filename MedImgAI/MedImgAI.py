@@ -211,6 +211,10 @@ class MedImgAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        if self.session is None:  # a review saved with the scene (.mrb) continues where it stopped
+            session = self.logic.sessionFromScene()
+            if session is not None:
+                self._showSession(session)
 
     def exit(self) -> None:
         if self._parameterNode:
@@ -742,6 +746,18 @@ class MedImgAILogic(ScriptedLoadableModuleLogic):
 
         session = ReviewSession.open(analysisDir, ctx=SceneContext.from_slicer_app())
         session.result_id = resultId
+        return session
+
+    def sessionFromScene(self):
+        """The review held by the current scene (e.g. a reloaded .mrb), or None."""
+        from MedImgAILib.scene.context import SceneContext
+        from MedImgAILib.scene.session import ReviewError, ReviewSession
+
+        try:
+            session = ReviewSession.from_scene(SceneContext.from_slicer_app())
+        except (ImportError, ReviewError):
+            return None
+        session.sources = [Path(f) for f in self.volumeFiles(session.nodes.volume)]
         return session
 
     def showSession(self, session) -> None:
