@@ -54,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ma", type=float, help="tube current, mA")
     p.add_argument("--ctdivol", type=float, help="CTDIvol header value, mGy (default derived)")
     p.add_argument("--contrast", choices=["none", "venous", "arterial"])
+    p.add_argument("--breathing", type=float, metavar="MM", help="breathing artefact: peak craniocaudal displacement, mm")
     p.add_argument("--manufacturer", help="e.g. 'GE MEDICAL SYSTEMS', SIEMENS, Philips, TOSHIBA")
     p.add_argument("--model-name", help="ManufacturerModelName")
     p.add_argument("--protocol-name")
@@ -73,7 +74,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--anatomy-seed", type=int, help="patient seed (default = --seed)")
     p.add_argument("--labels", action="store_true", help="also write nodule_labels.nii.gz (nodule ids)")
+    p.add_argument("--header", action="append", default=[], metavar="KEYWORD=VALUE",
+                   help="override a header attribute (e.g. CTDIvol=9.5, ConvolutionKernel=B80f); repeatable")
+    p.add_argument("--omit", action="append", default=[], metavar="KEYWORD",
+                   help="leave a header attribute out (e.g. CTDIvol), as a scanner that does not send it; repeatable")
+    p.add_argument("--omit-slice", type=int, action="append", default=[], metavar="K",
+                   help="render but do not write slice K (0 = most inferior): a series with a gap; repeatable")
+    p.add_argument("--perifissural", type=float, metavar="FRACTION", help="fraction of random nodules on a fissure")
+    p.add_argument("--juxtapleural", type=float, metavar="FRACTION", help="fraction of random nodules on the costal pleura")
     p.add_argument("--deterministic-uids", action="store_true", help="UIDs derived from the seeds")
+    p.add_argument("--recon", action="append", default=[], metavar="THICKNESS[:KERNEL[:INTERVAL]]",
+                   help="write a study with one series per reconstruction of the same scan (e.g. --recon 1.25:sharp "
+                   "--recon 5:soft) into OUT_DIR/series-NNN; repeatable")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=handle)
 
@@ -89,6 +101,7 @@ def _spec_from_args(args: argparse.Namespace):
                        ("z_start", "z_start_mm"), ("noise", "noise_sd_hu"), ("noise_correlation", "noise_correlation_mm"),
                        ("kernel", "kernel"), ("kernel_name", "kernel_name"), ("blur", "blur_sigma_mm"), ("kvp", "kvp"),
                        ("ma", "tube_current_ma"), ("ctdivol", "ctdi_vol_mgy"), ("contrast", "contrast"),
+                       ("breathing", "breathing_motion_mm"),
                        ("manufacturer", "manufacturer"), ("model_name", "model_name")]:
         v = getattr(args, arg)
         if v is not None:
@@ -103,7 +116,19 @@ def _spec_from_args(args: argparse.Namespace):
         v = getattr(args, arg)
         if v is not None:
             study[field] = v
-    top: dict[str, Any] = {"seed": args.seed, "deterministic_uids": args.deterministic_uids}
+    overrides: dict[str, Any] = {}
+    for item in args.header:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise PhantomSpecError(f"--header {item!r}: expected KEYWORD=VALUE")
+        try:
+            overrides[key.strip()] = float(value) if "." in value or "e" in value.lower() else int(value)
+        except ValueError:
+            overrides[key.strip()] = value
+    for key in args.omit:
+        overrides[key.strip()] = None
+    top: dict[str, Any] = {"seed": args.seed, "deterministic_uids": args.deterministic_uids,
+                           "header_overrides": overrides, "omit_slices": args.omit_slice}
     if args.anatomy_seed is not None:
         top["anatomy_seed"] = args.anatomy_seed
     if args.nodule:
@@ -112,6 +137,10 @@ def _spec_from_args(args: argparse.Namespace):
         rn: dict[str, Any] = {"count": 3 if args.nodules is None else args.nodules}
         if args.size_range:
             rn["diameter_range_mm"] = tuple(args.size_range)
+        if args.perifissural is not None:
+            rn["perifissural_fraction"] = args.perifissural
+        if args.juxtapleural is not None:
+            rn["juxtapleural_fraction"] = args.juxtapleural
         top["random_nodules"] = rn
     try:
         if args.preset:
@@ -120,19 +149,52 @@ def _spec_from_args(args: argparse.Namespace):
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first["loc"])
-        raise PhantomSpecError(f"invalid phantom parameter {where}: {first['msg']}") from None
+        raise PhantomSpecError(f"invalid phantom parameter{' ' + where if where else ''}: {first['msg']}") from None
+
+
+def _recons(items: list[str]) -> list[dict[str, Any]]:
+    from ..phantoms import PhantomSpecError
+
+    out = []
+    for item in items:
+        thick, _, rest = item.partition(":")
+        kernel, _, interval = rest.partition(":")
+        try:
+            rec: dict[str, Any] = {"slice_thickness_mm": float(thick),
+                                   "reconstruction_interval_mm": float(interval) if interval else None}
+        except ValueError:
+            raise PhantomSpecError(f"--recon {item!r}: expected THICKNESS[:KERNEL[:INTERVAL]], e.g. 1.25:sharp:1.0") from None
+        if kernel:
+            if kernel not in ("soft", "standard", "sharp"):
+                raise PhantomSpecError(f"--recon {item!r}: kernel must be soft, standard or sharp")
+            rec["kernel"] = kernel
+        out.append(rec)
+    return out
 
 
 def handle(args: argparse.Namespace) -> int:
-    from ..phantoms import write_phantom_series
+    from ..phantoms import write_phantom_series, write_study
 
     spec = _spec_from_args(args)
     try:
-        case = write_phantom_series(spec, args.out_dir, keep_volume=False, labels_nifti=args.labels)
+        if args.recon:
+            cases = write_study(spec, args.out_dir, _recons(args.recon))
+        else:
+            cases = [write_phantom_series(spec, args.out_dir, keep_volume=False, labels_nifti=args.labels)]
     except OSError as exc:
         raise MedImgAIError(f"cannot write the phantom series to {args.out_dir}: {exc.strerror or exc}") from None
+    summaries = [_summary(case) for case in cases]
+    if args.json:
+        print(json.dumps(summaries[0] if not args.recon else {"series": summaries}, indent=2))
+        return 0
+    for summary in summaries:
+        _print(summary)
+    return 0
+
+
+def _summary(case) -> dict[str, Any]:
     t = case.truth
-    summary = {
+    return {
         "out_dir": str(case.out_dir),
         "study_instance_uid": t["study_instance_uid"],
         "series_instance_uid": t["series_instance_uid"],
@@ -152,19 +214,20 @@ def handle(args: argparse.Namespace) -> int:
             for n in t["nodules"]
         ],
     }
-    if args.json:
-        print(json.dumps(summary, indent=2))
-        return 0
+
+
+def _print(summary: dict[str, Any]) -> None:
     nx, ny, nz = summary["size"]
     sx, sy, sz = summary["spacing"]
     print(f"series {summary['series_instance_uid']}  ({summary['series_description']})")
+    ctdi = summary["ctdi_vol_mgy"]
     print(f"  {nx}x{ny}x{nz} voxels, {sx:.3f}x{sy:.3f} mm pixels, {sz:g} mm interval, "
           f"{summary['slice_thickness_mm']:g} mm slices, kernel {summary['convolution_kernel']}, "
-          f"noise SD {summary['noise_sd_hu']:.1f} HU, CTDIvol {summary['ctdi_vol_mgy']:.2f} mGy")
+          f"noise SD {summary['noise_sd_hu']:.1f} HU, CTDIvol "
+          + ("(omitted)" if ctdi is None else f"{float(ctdi):.2f} mGy"))
     print(f"  {summary['files']} files in {summary['out_dir']} ({summary['seconds']:.1f} s); truth: {summary['truth']}")
     for n in summary["nodules"]:
         c = ", ".join(f"{v:.1f}" for v in n["center_lps_mm"])
         jp = " juxtapleural" if n["juxtapleural"] else ""
         print(f"  nodule {n['id']}: {n['type']:<12} {n['diameter_mm']:5.1f} mm at ({c}) {n['lobe']}{jp}, "
               f"{n['volume_mm3']:.0f} mm3")
-    return 0

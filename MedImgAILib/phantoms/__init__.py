@@ -4,6 +4,7 @@ on any CT grid with a slice profile, a reconstruction kernel and noise; written 
 Storage series plus ``truth.json``. See docs/phantoms.md."""
 
 from .generate import PhantomCase, build_truth, generate_phantom, write_phantom_series, write_study
+from .sampling import sample_spec
 from .spec import (
     PRESETS,
     AcquisitionSpec,
@@ -26,6 +27,7 @@ __all__ = [
     "StudyContext",
     "build_truth",
     "generate_phantom",
+    "sample_spec",
     "spec_from_preset",
     "write_phantom_series",
     "write_study",

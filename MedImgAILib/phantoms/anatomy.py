@@ -11,6 +11,7 @@ norm): exact on the surface, good within a few mm of it, which is all partial-vo
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -139,6 +140,14 @@ class Lung:
     heart_gap: float = 3.0
     hu_anterior: float = -895.0
     hu_posterior: float = -815.0
+    #: oblique fissure z = obl_z0 + obl_slope * (y - cy): rising posteriorly, from the base anteriorly
+    #: to above the hilum posteriorly; right lung also a horizontal fissure at z = horiz_z in front of it
+    obl_z0: float = -40.0
+    obl_slope: float = 1.1
+    obl_lateral: float = 0.45
+    horiz_z: float | None = None
+    #: visceral pleura of the fissures: thickness (mm) and HU of the sheet
+    fissure_mm: float = 0.3
 
     @property
     def z_bottom(self) -> float:
@@ -169,20 +178,58 @@ class Lung:
         g = float(self.scale(z))
         return (self.cx - self.a * g, self.cx + self.a * g, self.cy - self.b * g, self.cy + self.b * g)
 
-    def hu(self, y: np.ndarray) -> np.ndarray:
-        """Dependent (posterior) lung is denser: a linear AP gradient."""
-        t = np.clip((y - (self.cy - self.b)) / (2 * self.b), 0.0, 1.0)
-        return self.hu_anterior + (self.hu_posterior - self.hu_anterior) * t
+    #: parenchymal heterogeneity: plane waves (wave vectors rad/mm, phases) and amplitude (HU)
+    texture_k: np.ndarray | None = None
+    texture_phase: np.ndarray | None = None
+    texture_hu: float = 12.0
 
-    def lobe(self, p: np.ndarray) -> str:
-        """Lobe by two planes: the oblique fissure (rising posteriorly, from the base anteriorly to
-        ~T4 posteriorly) and, on the right, the horizontal fissure."""
-        x, y, z = p
-        z_obl = -40.0 + 1.1 * (y - self.cy)
-        if z < z_obl:
+    def hu(self, y: np.ndarray, x: np.ndarray | None = None, z: float | None = None) -> np.ndarray:
+        """Dependent (posterior) lung is denser: a linear AP gradient, plus (given x and z) a smooth
+        heterogeneity of a few HU on a 1.5-5 cm scale, as perfusion and aeration vary."""
+        t = np.clip((y - (self.cy - self.b)) / (2 * self.b), 0.0, 1.0)
+        base = self.hu_anterior + (self.hu_posterior - self.hu_anterior) * t
+        if self.texture_k is None or x is None or z is None:
+            return base
+        amp = self.texture_hu * np.sqrt(2.0 / len(self.texture_k))
+        xr, yr = np.ravel(x), np.ravel(y)
+        if np.ndim(x) == 2 and np.ndim(y) == 2 and np.shape(x)[0] == 1 and np.shape(y)[1] == 1:
+            # a grid: cos(a(x) + b(y)) = cos a cos b - sin a sin b, summed over waves = one matmul
+            a = np.outer(xr, self.texture_k[:, 0])  # (ni, W)
+            b = np.outer(yr, self.texture_k[:, 1]) + (self.texture_k[:, 2] * z + self.texture_phase)[None, :]
+            U = np.concatenate([np.cos(b), -np.sin(b)], axis=1)  # (nj, 2W)
+            V = np.concatenate([np.cos(a), np.sin(a)], axis=1)  # (ni, 2W)
+            return base + (amp * (U @ V.T)).astype(np.float32)
+        acc = np.zeros(np.broadcast_shapes(np.shape(x), np.shape(y)), dtype=np.float64)
+        for (kx, ky, kz), ph in zip(self.texture_k, self.texture_phase):
+            acc += np.cos(kx * x + ky * y + (kz * z + ph))
+        return base + amp * acc
+
+    def fissure_distances(self, x, y, z) -> list[np.ndarray]:
+        """Signed distances (mm) to the fissure sheets; the horizontal one is +inf behind the oblique."""
+        k, kx = self.obl_slope, self.obl_slope * self.obl_lateral
+        # laterally the fissure lies further forward, so an axial slice cuts it as an oblique line
+        lat = (x - self.cx) * (1.0 if self.side == "left" else -1.0)
+        d_obl = (z - self.obl_z0 - k * (y - self.cy) - kx * lat) / np.sqrt(1.0 + k * k + kx * kx)
+        out = [d_obl]
+        if self.horiz_z is not None:
+            out.append(np.where(d_obl > 0, z - self.horiz_z, np.inf))
+        return out
+
+    def fissure_normals(self) -> list[np.ndarray]:
+        k, kx = self.obl_slope, self.obl_slope * self.obl_lateral
+        sgn = 1.0 if self.side == "left" else -1.0
+        n = [np.array([-kx * sgn, -k, 1.0]) / np.sqrt(1.0 + k * k + kx * kx)]
+        if self.horiz_z is not None:
+            n.append(np.array([0.0, 0.0, 1.0]))
+        return n
+
+    def lobe(self, p) -> str:
+        """Lobe by the fissure planes."""
+        d = self.fissure_distances(*p)
+        if float(d[0]) < 0:
             return "RLL" if self.side == "right" else "LLL"
         if self.side == "right":
-            return "RUL" if z > -5.0 else "RML"
+            return "RUL" if float(d[1]) > 0 else "RML"
         return "LUL"
 
 
@@ -214,18 +261,19 @@ class CapsuleSet:
 
     def pieces(self, max_len: float = 3.0) -> "CapsuleSet":
         """Long capsules cut into short ones so that each one's bounding box is tight."""
-        out_a, out_b, out_ra, out_rb = [], [], [], []
-        for a, b, ra, rb in zip(self.a, self.b, self.ra, self.rb):
-            L = float(np.linalg.norm(b - a))
-            n = max(1, int(np.ceil(L / max(max_len, 2.0 * max(ra, rb)))))
-            t = np.linspace(0.0, 1.0, n + 1)
-            pts = a[None, :] + t[:, None] * (b - a)[None, :]
-            rr = ra + (rb - ra) * t
-            out_a.append(pts[:-1]); out_b.append(pts[1:]); out_ra.append(rr[:-1]); out_rb.append(rr[1:])
-        if not out_a:
+        if len(self) == 0:
             return self
-        return CapsuleSet(self.name, self.material, np.concatenate(out_a), np.concatenate(out_b),
-                          np.concatenate(out_ra), np.concatenate(out_rb))
+        L = np.linalg.norm(self.b - self.a, axis=1)
+        n = np.maximum(1, np.ceil(L / np.maximum(max_len, 2.0 * np.maximum(self.ra, self.rb)))).astype(int)
+        seg = np.repeat(np.arange(len(L)), n)
+        first = np.repeat(np.cumsum(n) - n, n)
+        q = np.arange(len(seg)) - first  # piece index within its capsule
+        t0 = (q / n[seg])[:, None]
+        t1 = ((q + 1) / n[seg])[:, None]
+        d = self.b[seg] - self.a[seg]
+        dr = (self.rb - self.ra)[seg]
+        return CapsuleSet(self.name, self.material, self.a[seg] + t0 * d, self.a[seg] + t1 * d,
+                          self.ra[seg] + dr * t0[:, 0], self.ra[seg] + dr * t1[:, 0])
 
     def min_distance(self, p: np.ndarray) -> np.ndarray:
         """Signed distance from point p (3,) to each capsule surface."""
@@ -261,7 +309,7 @@ class Anatomy:
 
 
 # --- building --------------------------------------------------------------------------------------
-def build_anatomy(seed: int, vary: bool = True, table: bool = True, vessel_points: int = 650) -> Anatomy:
+def build_anatomy(seed: int, vary: bool = True, table: bool = True, vessel_points: int = 900) -> Anatomy:
     rng = np.random.default_rng([int(seed), 101])
     if vary:
         sx, sy, sz = (float(v) for v in rng.uniform([0.9, 0.9, 0.92], [1.1, 1.1, 1.08]))
@@ -307,10 +355,18 @@ def build_anatomy(seed: int, vary: bool = True, table: bool = True, vessel_point
                         (heart.axes[0] - 9.0, heart.axes[1] - 9.0, heart.axes[2] - 9.0))
     thorax_a, thorax_b = body_a - 31.0 * sx, body_b - 29.0 * sy
     jit = (lambda: float(rng.uniform(-4, 4))) if vary else (lambda: 0.0)
+    fiss = dict(obl_z0=-40.0 * sz, obl_slope=1.1 * sz / sy)
     right = Lung("right", -78.0 * sx, 4.0 * sy, 62.0 * sx, 88.0 * sy, (125.0 + jit()) * sz, 70.0 * sz,
-                 (-70.0 + jit()) * sz, 60.0 * sz, thorax_a, thorax_b, peri)
+                 (-70.0 + jit()) * sz, 60.0 * sz, thorax_a, thorax_b, peri, horiz_z=-5.0 * sz, **fiss)
     left = Lung("left", 80.0 * sx, 4.0 * sy, 60.0 * sx, 88.0 * sy, (120.0 + jit()) * sz, 70.0 * sz,
-                (-80.0 + jit()) * sz, 60.0 * sz, thorax_a, thorax_b, peri)
+                (-80.0 + jit()) * sz, 60.0 * sz, thorax_a, thorax_b, peri, **fiss)
+
+    tex_rng = np.random.default_rng([int(seed), 505])
+    for lung in (right, left):
+        dirs = tex_rng.normal(size=(6, 3))
+        dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+        lung.texture_k = dirs * (2 * np.pi / tex_rng.uniform(15.0, 50.0, size=(6, 1)))
+        lung.texture_phase = tex_rng.uniform(0, 2 * np.pi, size=6)
 
     # ribs: 12 pairs along an ellipse just outside the lungs, sloping down anteriorly
     rib_a, rib_b = body_a - 24.0 * sx, body_b - 22.0 * sy
@@ -364,10 +420,17 @@ def build_anatomy(seed: int, vary: bool = True, table: bool = True, vessel_point
     # pulmonary vessel trees: arteries from the hila, veins to the lower hila, both space-filling
     vessel_rng = np.random.default_rng([int(seed), 202])
     trees: list[tuple] = []
+    br_wall: list[tuple] = []
+    br_lumen: list[tuple] = []
     for lung, hilum, vhilum in ((right, r_hilum, r_vhilum), (left, l_hilum, l_vhilum)):
-        for root, r0 in ((hilum, 7.0 * sr), (vhilum, 6.0 * sr)):
+        for root, r0, artery in ((hilum, 7.0 * sr, True), (vhilum, 6.0 * sr, False)):
             pts = _sample_in_lung(lung, vessel_points, vessel_rng, margin=4.0)
-            trees.extend(_grow_tree(np.asarray(root, float), pts, r0, vessel_rng))
+            segs = _grow_tree(np.asarray(root, float), pts, r0, vessel_rng)
+            trees.extend(segs)
+            if artery:
+                w, lu = _bronchi(segs, 1.0 if lung.side == "left" else -1.0)
+                br_wall.extend(w)
+                br_lumen.extend(lu)
 
     caps_pre = [
         CapsuleSet.from_list("rib_cortex", "bone_cortical", cort),
@@ -377,13 +440,44 @@ def build_anatomy(seed: int, vary: bool = True, table: bool = True, vessel_point
         CapsuleSet.from_list("pulmonary_trunks", "vessel", pa),
         CapsuleSet.from_list("airway_wall", "airway_wall", airway_wall),
         CapsuleSet.from_list("airway_lumen", "air", airway_lumen),
+        CapsuleSet.from_list("bronchial_wall", "airway_wall", br_wall),
+        CapsuleSet.from_list("bronchial_lumen", "air", br_lumen),
     ]
     vessels = CapsuleSet.from_list("pulmonary_vessels", "vessel", trees)
     return Anatomy(
         scale=(sx, sy, sz), extruded=ext, lungs=[right, left], heart_layers=[peri, heart, chamber],
         liver_side=right, capsules_pre=caps_pre, vessels=vessels, body=body,
-        stats={"vessel_segments": len(vessels)},
+        stats={"vessel_segments": len(vessels), "bronchial_segments": len(br_lumen)},
     )
+
+
+def _bronchi(artery_segs: list[tuple], side: float, r_min: float = 1.3) -> tuple[list[tuple], list[tuple]]:
+    """Bronchi beside the arteries (bronchovascular bundles) down to arteries of ``r_min`` mm: a
+    lumen ~0.75 of the artery's radius, a wall ~0.3 of the lumen's radius (at least 0.35 mm), offset
+    sideways by a direction that varies smoothly with the branch direction so the airway tree stays
+    continuous at bifurcations."""
+    ref = np.array([0.35 * side, 1.0, 0.25])
+    ref /= np.linalg.norm(ref)
+    walls, lumens = [], []
+    for a, b, ra, rb in artery_segs:
+        if ra < r_min:
+            continue
+        d = np.asarray(b) - np.asarray(a)
+        L = float(np.linalg.norm(d))
+        if L < 1e-6:
+            continue
+        d /= L
+        perp = ref - (ref @ d) * d
+        if np.linalg.norm(perp) < 0.2:
+            perp = np.cross(d, [1.0, 0.0, 0.0])
+        perp /= np.linalg.norm(perp)
+        la, lb = 0.75 * ra, 0.75 * rb
+        wa, wb = max(0.35, 0.3 * la), max(0.35, 0.3 * lb)
+        pa = np.asarray(a) + perp * (ra + la + wa + 0.2)
+        pb = np.asarray(b) + perp * (rb + lb + wb + 0.2)
+        walls.append((pa, pb, la + wa, lb + wb))
+        lumens.append((pa, pb, la, lb))
+    return walls, lumens
 
 
 def _sample_in_lung(lung: Lung, n: int, rng: np.random.Generator, margin: float) -> np.ndarray:
@@ -401,7 +495,7 @@ def _sample_in_lung(lung: Lung, n: int, rng: np.random.Generator, margin: float)
 
 
 def _grow_tree(root: np.ndarray, pts: np.ndarray, r0: float, rng: np.random.Generator,
-               r_min: float = 0.55) -> list[tuple]:
+               r_min: float = 0.6) -> list[tuple]:
     """Space-filling vessel tree by recursive territory bisection: each branch heads part-way to the
     centroid of the lung territory it supplies, then splits that territory in two across its longest
     axis. Radii follow Murray's law (r^3 proportional to the supplied territory), so the tree tapers
@@ -421,8 +515,9 @@ def _grow_tree(root: np.ndarray, pts: np.ndarray, r0: float, rng: np.random.Gene
         end = start + f * (c - start)
         if np.linalg.norm(end - start) < 2.0:
             end = start + (c - start) * min(1.0, 2.0 / max(np.linalg.norm(c - start), 1e-6))
-        r_end = 0.93 * r
-        segs.append((start, end, r, r_end))
+        # a slight taper along the branch; children are sized from the parent's flow (Murray), not
+        # from its tapered end, so the taper does not compound over generations
+        segs.append((start, end, r, 0.95 * r))
         q = p - c
         w, v = np.linalg.eigh(q.T @ q)
         axis = v[:, -1]
@@ -431,5 +526,5 @@ def _grow_tree(root: np.ndarray, pts: np.ndarray, r0: float, rng: np.random.Gene
         if min(len(parts[0]), len(parts[1])) == 0:
             parts = [p[: len(p) // 2], p[len(p) // 2:]]
         for part in parts:
-            stack.append((end, part, r_end * (len(part) / len(p)) ** (1.0 / 3.0)))
+            stack.append((end, part, r * (len(part) / len(p)) ** (1.0 / 3.0)))
     return segs

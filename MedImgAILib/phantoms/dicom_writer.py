@@ -39,6 +39,15 @@ class SeriesUIDs:
         return cls(study, series, frame)
 
 
+def _ds(v: float) -> str:
+    """Decimal String with as many digits as fit (16 chars): geometry reads back exactly."""
+    for digits in (12, 11, 10, 9, 8):
+        text = f"{v:.{digits}g}"
+        if len(text) <= 16:
+            return text
+    return f"{v:.6g}"
+
+
 def _age(years: int) -> str:
     return f"{int(years):03d}Y"
 
@@ -90,9 +99,9 @@ def base_dataset(spec: PhantomSpec, uids: SeriesUIDs, rows: int, cols: int, pixe
         ds.ContrastBolusRoute = "IV"
     ds.BodyPartExamined = st.body_part
     ds.ScanOptions = "HELICAL MODE"
-    ds.SliceThickness = f"{a.slice_thickness_mm:g}"
+    ds.SliceThickness = _ds(a.slice_thickness_mm)
     ds.KVP = f"{a.kvp:g}"
-    ds.SpacingBetweenSlices = f"{a.interval_mm:g}"
+    ds.SpacingBetweenSlices = _ds(a.interval_mm)
     ds.DataCollectionDiameter = "500"
     ds.SoftwareVersions = a.software_versions
     ds.ProtocolName = st.protocol_name
@@ -127,7 +136,7 @@ def base_dataset(spec: PhantomSpec, uids: SeriesUIDs, rows: int, cols: int, pixe
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows = rows
     ds.Columns = cols
-    ds.PixelSpacing = [f"{pixel_spacing:.6g}", f"{pixel_spacing:.6g}"]
+    ds.PixelSpacing = [_ds(pixel_spacing), _ds(pixel_spacing)]
     ds.BitsAllocated = 16
     ds.BitsStored = 16
     ds.HighBit = 15
@@ -141,6 +150,12 @@ def base_dataset(spec: PhantomSpec, uids: SeriesUIDs, rows: int, cols: int, pixe
     ds.RescaleIntercept = f"{INTERCEPT:g}"
     ds.RescaleSlope = "1"
     ds.RescaleType = "HU"
+    for keyword, value in spec.header_overrides.items():
+        if value is None:
+            if keyword in ds:
+                delattr(ds, keyword)
+        else:
+            setattr(ds, keyword, value)
     return ds
 
 
@@ -172,8 +187,8 @@ class SeriesWriter:
             sop = generate_uid()
         ds.SOPInstanceUID = sop
         ds.InstanceNumber = str(inst)
-        ds.ImagePositionPatient = [f"{x0:.4f}", f"{y0:.4f}", f"{z:.4f}"]
-        ds.SliceLocation = f"{z:.4f}"
+        ds.ImagePositionPatient = [_ds(x0), _ds(y0), _ds(z)]
+        ds.SliceLocation = _ds(z)
         stored = np.clip(hu - INTERCEPT, -32768, 32767).astype("<i2")
         ds.PixelData = stored.tobytes()
         ds["PixelData"].VR = "OW"

@@ -77,11 +77,11 @@ def build_truth(spec: PhantomSpec, anatomy: Anatomy, nodules: list[Nodule], grid
         "acquisition": {
             **a.model_dump(),
             "effective_mas": a.effective_mas,
-            "ctdi_vol_mgy_header": a.ctdi_vol,
-            "convolution_kernel_header": a.convolution_kernel,
+            "ctdi_vol_mgy_header": spec.header_overrides.get("CTDIvol", a.ctdi_vol),
+            "convolution_kernel_header": spec.header_overrides.get("ConvolutionKernel", a.convolution_kernel),
             "blur_sigma_mm_used": a.blur_sigma,
             "edge_enhancement_used": a.edge_gain,
-            "noise_correlation_mm_used": a.noise_corr,
+            "noise_texture": "through kernel" if a.noise_corr is None else f"gaussian {a.noise_corr} mm",
         },
         #: the SD (HU) of the added noise: what a homogeneous region's SD should measure
         "noise_sd_hu": a.noise_sd,
@@ -100,13 +100,20 @@ def build_truth(spec: PhantomSpec, anatomy: Anatomy, nodules: list[Nodule], grid
     }
 
 
-def generate_phantom(spec: PhantomSpec | None = None, with_labels: bool = True) -> PhantomCase:
-    """Render a case in memory (no files): HU volume, nodule label map and truth."""
+def default_workers() -> int:
+    """Rendering threads: two (the chunks overlap well in numpy/scipy), fewer on a one-core machine."""
+    return max(1, min(2, os.cpu_count() or 1))
+
+
+def generate_phantom(spec: PhantomSpec | None = None, with_labels: bool = True, workers: int | None = None) -> PhantomCase:
+    """Render a case in memory (no files): HU volume, nodule label map and truth. Pixels do not
+    depend on ``workers``."""
     spec = spec or PhantomSpec()
     anatomy, nodules, grid, renderer = _prepare(spec)
     arr = np.empty((grid.nk, grid.nj, grid.ni), dtype=np.float32)
     labels = np.zeros(arr.shape, dtype=np.uint8) if with_labels else None
-    for k, sl in iter_slices(renderer, spec.seed, spec.study.series_number, labels=labels):
+    for k, sl in iter_slices(renderer, spec.seed, spec.study.series_number, labels=labels,
+                             workers=workers or default_workers()):
         arr[k] = sl
     truth = build_truth(spec, anatomy, nodules, grid, None, labels)
     vol = Volume(array=arr, affine=grid.affine, modality="CT")
@@ -121,7 +128,7 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
 
 def write_phantom_series(spec: PhantomSpec | None, out_dir: str | Path, keep_volume: bool = True,
                          labels_nifti: bool = False, study_uid: str | None = None,
-                         frame_uid: str | None = None) -> PhantomCase:
+                         frame_uid: str | None = None, workers: int | None = None) -> PhantomCase:
     """Write the case as a CT series (CT#####.dcm, instance 1 most superior) plus truth.json into
     ``out_dir``; truth.json is written last, so its presence means the series is complete."""
     spec = spec or PhantomSpec()
@@ -133,12 +140,16 @@ def write_phantom_series(spec: PhantomSpec | None, out_dir: str | Path, keep_vol
     labels = np.zeros((grid.nk, grid.nj, grid.ni), dtype=np.uint8)
     arr = np.empty(labels.shape, dtype=np.float32) if keep_volume else None
     zs = grid.z
-    for k, sl in iter_slices(renderer, spec.seed, spec.study.series_number, labels=labels):
-        writer.write(k, grid.x0, grid.y0, float(zs[k]), sl)
+    omit = set(spec.omit_slices)
+    for k, sl in iter_slices(renderer, spec.seed, spec.study.series_number, labels=labels,
+                             workers=workers or default_workers()):
+        if k not in omit:
+            writer.write(k, grid.x0, grid.y0, float(zs[k]), sl)
         if arr is not None:
             arr[k] = sl
     truth = build_truth(spec, anatomy, nodules, grid, uids, labels)
     truth["files"] = sorted(writer.files)
+    truth["omitted_slices"] = sorted(omit)
     truth["generation_seconds"] = round(time.perf_counter() - t0, 3)
     vol = None
     lab_vol = Volume(array=labels, affine=grid.affine)

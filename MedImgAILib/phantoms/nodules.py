@@ -70,38 +70,50 @@ class Nodule:
         return (r2 <= self.core_radius**2) & self.inside(x, y, z)
 
     # --- truth ---------------------------------------------------------------------------------------
-    def truth(self, fine_steps: int = 160) -> dict:
-        exact = not self.lobules and not self.spec.juxtapleural
-        vol_exact = 4.0 / 3.0 * np.pi * float(np.prod(self.semi_axes))
-        grid = self._fine_measures(fine_steps)
-        volume = vol_exact if exact else grid["volume_mm3"]
-        core_vol = None
-        if self.type == "part_solid":
-            core_vol = grid["core_volume_mm3"] if not exact or self.core_radius > self.semi_axes.min() else (
-                4.0 / 3.0 * np.pi * self.core_radius**3
-            )
+    @property
+    def exact(self) -> bool:
+        """Sphere or ellipsoid entirely in the lung: volume and axes have closed forms."""
+        return not self.lobules and not self.spec.juxtapleural
+
+    def truth(self, fine_steps: int = 128) -> dict:
+        if self.exact:
+            volume = 4.0 / 3.0 * np.pi * float(np.prod(self.semi_axes))
+            # the largest axial section of an ellipsoid is the central one; its semi-axes come from
+            # the in-plane block of the quadric matrix
+            A = self.rotation @ np.diag(1.0 / self.semi_axes**2) @ self.rotation.T
+            lam = np.linalg.eigvalsh(A[:2, :2])
+            long_ax, short_ax, plane_z = 2.0 / np.sqrt(lam[0]), 2.0 / np.sqrt(lam[1]), float(self.center[2])
+            method = "analytic"
+            core_vol = 4.0 / 3.0 * np.pi * min(self.core_radius, float(self.semi_axes.min())) ** 3
+        else:
+            grid = self._fine_measures(fine_steps)
+            volume, long_ax, short_ax, plane_z = grid["volume_mm3"], grid["long_axis_mm"], grid["short_axis_mm"], grid["plane_z_mm"]
+            method = f"grid {fine_steps}^3"
+            core_vol = grid["core_volume_mm3"]
         c = self.center
+        part = self.type == "part_solid"
         return {
             "id": self.index,
             "label_value": self.index,
             "type": self.type,
-            "shape": self.spec.shape,
+            "shape": "lentiform" if self.spec.perifissural else self.spec.shape,
+            "perifissural": bool(self.spec.perifissural),
             "center_lps_mm": [float(v) for v in c],
             "diameter_mm": float(self.spec.diameter_mm),
             "semi_axes_mm": [float(v) for v in self.semi_axes],
             "axes_direction_lps": [[float(v) for v in self.rotation[:, i]] for i in range(3)],
             "lobules": [{"center_lps_mm": [float(v) for v in lc], "radius_mm": float(lr)} for lc, lr in self.lobules],
             "volume_mm3": float(volume),
-            "volume_method": "analytic" if exact else f"grid {fine_steps}^3",
+            "volume_method": method,
             "equivalent_diameter_mm": float((6.0 * volume / np.pi) ** (1.0 / 3.0)),
-            "axial_long_axis_mm": grid["long_axis_mm"],
-            "axial_short_axis_mm": grid["short_axis_mm"],
-            "axial_mean_diameter_mm": (grid["long_axis_mm"] + grid["short_axis_mm"]) / 2.0,
-            "axial_plane_z_mm": grid["plane_z_mm"],
-            "solid_core_diameter_mm": 2.0 * self.core_radius if self.type == "part_solid" else None,
-            "solid_core_volume_mm3": None if core_vol is None else float(core_vol),
+            "axial_long_axis_mm": float(long_ax),
+            "axial_short_axis_mm": float(short_ax),
+            "axial_mean_diameter_mm": float(long_ax + short_ax) / 2.0,
+            "axial_plane_z_mm": float(plane_z),
+            "solid_core_diameter_mm": 2.0 * self.core_radius if part else None,
+            "solid_core_volume_mm3": float(core_vol) if part else None,
             "hu": float(self.hu),
-            "core_hu": float(self.core_hu) if self.type == "part_solid" else None,
+            "core_hu": float(self.core_hu) if part else None,
             "juxtapleural": bool(self.spec.juxtapleural),
             "side": self.lung.side,
             "lobe": self.lung.lobe(c),
@@ -109,33 +121,36 @@ class Nodule:
 
     def _fine_measures(self, n: int) -> dict:
         """Volume on an n^3 grid over the bounding box, and the axial long/short axes measured on the
-        axial plane of largest area (as a reader would pick it)."""
+        axial plane of largest area (as a reader would pick it), on a finer 2D grid."""
         R = self.bounding_radius + 0.5
         h = 2 * R / n
         ax = (np.arange(n) + 0.5) * h - R
         x = self.center[0] + ax
         y = self.center[1] + ax
         z = self.center[2] + ax
-        count = 0
+        areas = np.zeros(n)
         core = 0
-        best = (-1, 0)
-        for kz in range(n):
-            m = self.inside(x[None, :], y[:, None], z[kz])
-            s = int(m.sum())
-            count += s
+        step = 16
+        for z0 in range(0, n, step):
+            zz = z[z0:z0 + step, None, None]
+            areas[z0:z0 + step] = self.inside(x[None, None, :], y[None, :, None], zz).sum(axis=(1, 2))
             if self.type == "part_solid":
-                core += int(self.inside_core(x[None, :], y[:, None], z[kz]).sum())
-            if s > best[0]:
-                best = (s, kz)
-        m = self.inside(x[None, :], y[:, None], z[best[1]])
-        long_ax, short_ax = _axial_axes(m, x, y, h)
-        return {"volume_mm3": count * h**3, "core_volume_mm3": core * h**3, "long_axis_mm": long_ax,
-                "short_axis_mm": short_ax, "plane_z_mm": float(z[best[1]])}
+                core += int(self.inside_core(x[None, None, :], y[None, :, None], zz).sum())
+        best = int(np.argmax(areas))
+        m2 = 3 * n
+        h2 = 2 * R / m2
+        ax2 = (np.arange(m2) + 0.5) * h2 - R
+        m = self.inside(self.center[0] + ax2[None, :], self.center[1] + ax2[:, None], z[best])
+        long_ax, short_ax = _axial_axes(m, self.center[0] + ax2, self.center[1] + ax2, h2)
+        return {"volume_mm3": float(areas.sum()) * h**3, "core_volume_mm3": core * h**3, "long_axis_mm": long_ax,
+                "short_axis_mm": short_ax, "plane_z_mm": float(z[best])}
 
 
 def _axial_axes(mask: np.ndarray, x: np.ndarray, y: np.ndarray, h: float) -> tuple[float, float]:
     """Longest in-plane diameter and the longest diameter perpendicular to it (mm)."""
-    jj, ii = np.nonzero(mask)
+    from scipy import ndimage
+
+    jj, ii = np.nonzero(mask & ~ndimage.binary_erosion(mask))  # the rim holds every hull vertex
     if len(ii) == 0:
         return 0.0, 0.0
     pts = np.stack([x[ii], y[jj]], axis=1)
@@ -163,13 +178,15 @@ def place_nodules(anatomy: Anatomy, specs: list[NoduleSpec], random: RandomNodul
         lo, hi = random.diameter_range_mm
         for _ in range(random.count):
             d = float(np.exp(rng.uniform(np.log(lo), np.log(hi))))  # small nodules are commoner
+            u_site = float(rng.random())
             all_specs.append(NoduleSpec(
                 type=random.types[rng.integers(len(random.types))],
                 diameter_mm=d,
                 shape=random.shapes[rng.integers(len(random.shapes))],
                 axis_ratios=tuple(float(v) for v in rng.uniform(0.7, 1.4, 3)),
                 euler_deg=tuple(float(v) for v in rng.uniform(0, 180, 3)),
-                juxtapleural=bool(rng.random() < random.juxtapleural_fraction),
+                juxtapleural=bool(u_site < random.juxtapleural_fraction),
+                perifissural=bool(random.juxtapleural_fraction <= u_site < random.juxtapleural_fraction + random.perifissural_fraction),
             ))
     big_vessels = _big_vessels(anatomy)
     placed: list[Nodule] = []
@@ -186,7 +203,7 @@ def _big_vessels(anatomy: Anatomy):
     return CapsuleSet("big", "vessel", v.a[keep], v.b[keep], v.ra[keep], v.rb[keep])
 
 
-def _shape_params(spec: NoduleSpec, rng: np.random.Generator):
+def _shape_params(spec: NoduleSpec):
     r = spec.diameter_mm / 2.0
     if spec.shape == "ellipsoid":
         ratios = np.asarray(spec.axis_ratios, float)
@@ -197,13 +214,16 @@ def _shape_params(spec: NoduleSpec, rng: np.random.Generator):
 
 def _place_one(idx: int, spec: NoduleSpec, anatomy: Anatomy, placed: list[Nodule], big_vessels,
                rng: np.random.Generator) -> Nodule:
-    semi, rot = _shape_params(spec, rng)
+    semi, rot = _shape_params(spec)
     r_bound = float(semi.max()) * (1.45 if spec.shape == "lobulated" else 1.0)
     jitter = float(rng.uniform(-25, 25)) if spec.hu is None and spec.type != "solid" else float(rng.uniform(-8, 8))
     hu = spec.hu if spec.hu is not None else DEFAULT_HU[spec.type] + jitter
     core_hu = spec.core_hu if spec.core_hu is not None else CORE_HU + float(rng.uniform(-8, 8))
     core_d = spec.solid_core_diameter_mm if spec.solid_core_diameter_mm is not None else 0.4 * spec.diameter_mm
 
+    if spec.perifissural:
+        semi = np.array([1.3, 1.3, 0.6]) * spec.diameter_mm / 2.0
+        r_bound = float(semi.max())
     if spec.center_lps_mm is not None:
         c = np.asarray(spec.center_lps_mm, float)
         d = [float(l.sdf(*c)) for l in anatomy.lungs]
@@ -217,8 +237,10 @@ def _place_one(idx: int, spec: NoduleSpec, anatomy: Anatomy, placed: list[Nodule
         lung = anatomy.lungs[li]
     else:
         lung, c = _random_center(spec, anatomy, placed, big_vessels, r_bound, rng)
+    if spec.perifissural:
+        rot = _fissure_frame(lung, c)
     lobules: list[tuple[np.ndarray, float]] = []
-    if spec.shape == "lobulated":
+    if spec.shape == "lobulated" and not spec.perifissural:
         r = semi[0]
         for _ in range(int(rng.integers(4, 7))):
             u = rng.normal(size=3)
@@ -241,7 +263,13 @@ def _random_center(spec, anatomy, placed, big_vessels, r_bound, rng):
         hi = np.array([lung.cx + lung.a, lung.cy + lung.b, lung.z_apex])
         p = rng.uniform(lo, hi)
         d = float(lung.sdf(*p))
-        if spec.juxtapleural:
+        if spec.perifissural:
+            ds = [float(v) for v in lung.fissure_distances(*p)]
+            q = int(np.argmin(np.abs(ds)))
+            c = p - lung.fissure_normals()[q] * ds[q]
+            if not float(lung.sdf(*c)) < -(r_bound + 2.0):
+                continue
+        elif spec.juxtapleural:
             if not (-3.0 < d < 0.0):
                 continue
             # only against the costal pleura (the thoracic wall), not the heart or diaphragm
@@ -249,7 +277,17 @@ def _random_center(spec, anatomy, placed, big_vessels, r_bound, rng):
             if dw < d - 0.5:
                 continue
             n = _normal(lung, p)
+            if abs(n[2]) > 0.4:  # the costal wall runs craniocaudally; skip apex and recesses
+                continue
             c = p - n * (0.3 * spec.diameter_mm + d)  # surface point p - n*d, then inward
+            # the distance is first-order only: check the nodule really meets the wall in its own
+            # axial plane (as a reader sees it) and that its centre is inside the lung
+            if not float(lung.sdf(*c)) < -0.15 * spec.diameter_mm:
+                continue
+            ang = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+            ring = c[None, :] + 0.5 * spec.diameter_mm * np.stack([np.cos(ang), np.sin(ang), np.zeros_like(ang)], 1)
+            if not (lung.sdf(ring[:, 0], ring[:, 1], ring[:, 2]) > 0.5).any():
+                continue
         else:
             if d > -(r_bound + 2.0):
                 continue
@@ -263,6 +301,15 @@ def _random_center(spec, anatomy, placed, big_vessels, r_bound, rng):
         f"could not place a {spec.diameter_mm:.1f} mm nodule in the lungs after 4000 tries "
         "(too large, or too many nodules for the space left)"
     )
+
+
+def _fissure_frame(lung: Lung, c: np.ndarray) -> np.ndarray:
+    """Rotation whose third column is the normal of the fissure nearest to c."""
+    ds = [float(v) for v in lung.fissure_distances(*c)]
+    n = lung.fissure_normals()[int(np.argmin(np.abs(ds)))]
+    u = np.cross(n, [1.0, 0.0, 0.0])
+    u /= np.linalg.norm(u)
+    return np.stack([u, np.cross(n, u), n], axis=1)
 
 
 def _wall_sdf(lung: Lung, p):

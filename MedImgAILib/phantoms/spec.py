@@ -9,7 +9,7 @@ cross-section, z = 0 about the level of the carina (superior is +z).
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -45,6 +45,9 @@ class NoduleSpec(BaseModel):
     #: attached to the costal pleura: its centre sits ~0.3 diameters inside the lung surface and the
     #: part that would lie in the chest wall is cut away (the nodule is nodule ∩ lung)
     juxtapleural: bool = False
+    #: on a fissure (oblique, or the right horizontal one): a lentiform nodule flattened across the
+    #: fissure (semi-axes 1.3 r, 1.3 r, 0.6 r), centred on the sheet; ``shape`` is then ignored
+    perifissural: bool = False
     #: "right" / "left" or None (random, weighted by lung volume)
     side: Optional[Literal["right", "left"]] = None
     #: attenuation override; None = type default (solid 35, ground-glass -620, part-solid halo -600 /
@@ -62,6 +65,8 @@ class NoduleSpec(BaseModel):
                 )
         if any(r <= 0 for r in self.axis_ratios):
             raise ValueError("axis_ratios must be positive")
+        if self.perifissural and self.juxtapleural:
+            raise ValueError("a nodule is either juxtapleural (costal pleura) or perifissural, not both")
         return self
 
 
@@ -75,6 +80,7 @@ class RandomNodules(BaseModel):
     types: list[NoduleType] = ["solid", "solid", "part_solid", "ground_glass"]
     shapes: list[NoduleShape] = ["sphere", "sphere", "ellipsoid", "lobulated"]
     juxtapleural_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    perifissural_fraction: float = Field(0.0, ge=0.0, le=1.0)
 
 
 #: manufacturer -> (model name, kernel names for soft / standard / sharp)
@@ -114,7 +120,8 @@ class AcquisitionSpec(BaseModel):
     edge_enhancement: Optional[float] = Field(None, ge=0.0, le=3.0)
     #: noise SD in HU in a homogeneous region; None = derived from dose, kVp, thickness and kernel
     noise_sd_hu: Optional[float] = Field(None, ge=0.0, le=500.0)
-    #: in-plane noise correlation length (Gaussian sigma, mm); None = kernel default; 0 = white
+    #: None = noise passes through the reconstruction kernel (texture follows the kernel); a number =
+    #: white noise smoothed by a Gaussian of this sigma (mm), independent of the kernel; 0 = white
     noise_correlation_mm: Optional[float] = Field(None, ge=0.0, le=5.0)
     kvp: float = Field(120.0, ge=60.0, le=150.0)
     tube_current_ma: float = Field(200.0, gt=0.0, le=1500.0)
@@ -129,6 +136,12 @@ class AcquisitionSpec(BaseModel):
     software_versions: str = "medimgai-phantom 1"
     table: bool = True
     gantry_tilt_deg: Literal[0] = 0
+    #: breathing artefact: peak craniocaudal displacement of the anatomy (mm) while the table moves
+    #: ``breathing_period_mm`` per breath; 0 = a perfect breath-hold. Truth keeps the static
+    #: geometry; image and label map show the displaced (stair-stepped, doubled or missed) anatomy.
+    breathing_motion_mm: float = Field(0.0, ge=0.0, le=30.0)
+    breathing_period_mm: float = Field(40.0, gt=1.0, le=1000.0)
+    breathing_phase: float = 0.0
 
     @model_validator(mode="after")
     def _check(self) -> "AcquisitionSpec":
@@ -169,10 +182,8 @@ class AcquisitionSpec(BaseModel):
         return {"soft": 0.0, "standard": 0.15, "sharp": 0.6}[self.kernel]
 
     @property
-    def noise_corr(self) -> float:
-        if self.noise_correlation_mm is not None:
-            return float(self.noise_correlation_mm)
-        return {"soft": 0.7, "standard": 0.5, "sharp": 0.25}[self.kernel]
+    def noise_corr(self) -> float | None:
+        return None if self.noise_correlation_mm is None else float(self.noise_correlation_mm)
 
     @property
     def noise_sd(self) -> float:
@@ -244,6 +255,23 @@ class PhantomSpec(BaseModel):
     vary_anatomy: bool = True
     #: make every UID a hash of the seeds (same spec -> same UIDs); default fresh UIDs each run
     deterministic_uids: bool = False
+    #: DICOM keyword -> value written over the generated header, or None to leave the attribute out
+    #: (e.g. {"CTDIvol": None} for a series whose dose is "missing"). Pixels are unaffected; removing
+    #: a Type 1/2 attribute makes the file invalid, as it would be from a real scanner.
+    header_overrides: dict[str, Optional[Union[str, float, int, list[str]]]] = Field(default_factory=dict)
+
+    #: slice indices (0 = most inferior) rendered but not written: a series with missing slices
+    #: (uneven spacing) for loader and protocol checks; the in-memory volume keeps them
+    omit_slices: list[int] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_overrides(self) -> "PhantomSpec":
+        from pydicom.datadict import tag_for_keyword
+
+        bad = [k for k in self.header_overrides if tag_for_keyword(k) is None]
+        if bad:
+            raise ValueError(f"header_overrides: not DICOM keywords: {', '.join(bad)}")
+        return self
 
     @property
     def patient_seed(self) -> int:

@@ -1,0 +1,185 @@
+"""``medimgai pacs echo|find|get|move|store|serve``: DICOM DIMSE against a PACS node.
+
+NODE is a name from the settings file or inline ``AET@host:port``. ``--json`` prints one JSON object
+(counts and seconds); without it a short human summary. Exit status: 0 done, 1 retrieval or send
+incomplete (the store is partial: run the command again to complete it), 2 error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from ..pacs import client
+from ..pacs.settings import PacsSettings, load_settings
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--settings", metavar="FILE", help="PACS settings (TOML/YAML); default $MEDIMGAI_PACS_SETTINGS "
+                   "or ~/.config/medimgai/pacs.toml")
+    p.add_argument("--aet", metavar="AET", help="our (calling) AE title; overrides the settings")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def quiet_pynetdicom(args: argparse.Namespace) -> None:
+    """pynetdicom logs every refused connection and rejection at ERROR level; our error line says it
+    once, naming the AE. Its own log comes back with -vv."""
+    if getattr(args, "verbose", 0) < 2:
+        logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
+
+
+def _settings(args: argparse.Namespace) -> PacsSettings:
+    quiet_pynetdicom(args)
+    s = load_settings(args.settings)
+    if getattr(args, "aet", None):
+        s = s.model_copy(update={"local_aet": args.aet})
+    return s
+
+
+def _emit(args: argparse.Namespace, obj: Any, text: str) -> None:
+    print(json.dumps(obj, indent=None if args.json else 2) if args.json else text)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pacs", help="query, retrieve from and send to a PACS (DICOM DIMSE)")
+    ps = p.add_subparsers(dest="pacs_command", metavar="ACTION")
+    ps.required = True
+
+    e = ps.add_parser("echo", help="C-ECHO a node")
+    e.add_argument("node")
+    _common(e)
+    e.set_defaults(func=cmd_echo)
+
+    f = ps.add_parser("find", help="C-FIND studies/series/images/patients")
+    f.add_argument("node")
+    f.add_argument("--level", choices=client.LEVELS, default="study")
+    for name in ("patient-id", "patient-name", "study-date", "accession", "modality", "description",
+                 "study-uid", "series-uid", "sop-uid"):
+        f.add_argument(f"--{name}", help="matching key (wildcards * ?; dates YYYYMMDD or A-B)")
+    _common(f)
+    f.set_defaults(func=cmd_find)
+
+    for name, method in (("get", "get"), ("move", "move")):
+        g = ps.add_parser(name, help=f"retrieve a study (or series) with C-{name.upper()}")
+        g.add_argument("node")
+        g.add_argument("study_uid")
+        g.add_argument("--series", action="append", default=[], metavar="UID", help="only this series (repeatable)")
+        g.add_argument("--out", required=(method == "get"), type=Path, help="store directory (study/series/sop.dcm)")
+        g.add_argument("--parallel", type=int, help="associations in parallel (default: the node's, 4)")
+        if method == "move":
+            g.add_argument("--dest", metavar="AET", help="C-MOVE destination the PACS knows (default: our AE; with "
+                           "--out a temporary listener receives on --port)")
+            g.add_argument("--port", type=int, default=None, help="port of the temporary listener (with --out)")
+            g.add_argument("--host", default="127.0.0.1", help="address of the temporary listener")
+        _common(g)
+        g.set_defaults(func=cmd_retrieve, method=method)
+
+    s = ps.add_parser("store", help="C-STORE files or directories")
+    s.add_argument("node")
+    s.add_argument("paths", nargs="+", metavar="FILES_OR_DIRS")
+    _common(s)
+    s.set_defaults(func=cmd_store)
+
+    v = ps.add_parser("serve", help="run the embedded PACS (query/retrieve + storage) until SIGTERM")
+    from .listen import add_listener_args
+
+    add_listener_args(v)
+    v.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .listen import cmd_listen
+
+    return cmd_listen(args)
+
+
+def cmd_echo(args: argparse.Namespace) -> int:
+    s = _settings(args)
+    node = s.node(args.node)
+    seconds = client.echo(node, s)
+    _emit(args, {"node": str(node), "ok": True, "seconds": round(seconds, 4)}, f"{node}: echo ok ({seconds * 1000:.0f} ms)")
+    return 0
+
+
+def cmd_find(args: argparse.Namespace) -> int:
+    s = _settings(args)
+    node = s.node(args.node)
+    filters = {k: getattr(args, k) for k in ("patient_id", "patient_name", "study_date", "accession", "modality",
+                                             "description", "study_uid", "series_uid", "sop_uid")}
+    records = client.find(node, s, args.level, **filters)
+    if args.json:
+        print(json.dumps({"node": str(node), "level": args.level, "count": len(records), "records": records}))
+    else:
+        for r in records:
+            print("  ".join(f"{k}={v}" for k, v in r.items()))
+        print(f"{len(records)} {args.level} record(s)", file=sys.stderr)
+    return 0
+
+
+def _progress(args: argparse.Namespace):  # noqa: ANN202 - a callback or None
+    if args.json or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    bar = tqdm(unit="img", file=sys.stderr, leave=False)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total or None
+        bar.n = done
+        bar.refresh()
+
+    return update
+
+
+def cmd_retrieve(args: argparse.Namespace) -> int:
+    s = _settings(args)
+    node = s.node(args.node)
+    cancel = threading.Event()
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            if args.method == "move" and args.out is not None and not args.dest:
+                from ..pacs.listener import move_into
+
+                box["result"] = move_into(node, s, args.study_uid, args.out, series_uids=args.series,
+                                          port=args.port, host=args.host, on_progress=_progress(args), cancel=cancel)
+            else:
+                box["result"] = client.retrieve(
+                    node, s, args.study_uid, args.out or Path("."), series_uids=args.series, method=args.method,
+                    move_destination=getattr(args, "dest", None) or s.local_aet, parallel=args.parallel,
+                    on_progress=_progress(args), cancel=cancel,
+                )
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=run, name="retrieve", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.2)
+    except KeyboardInterrupt:  # Ctrl-C: C-CANCEL, then report what arrived
+        cancel.set()
+        worker.join()
+    if "error" in box:
+        raise box["error"]
+    result = box["result"]
+    obj = result.as_json()
+    state = "complete" if result.complete else ("cancelled" if result.cancelled else "INCOMPLETE")
+    _emit(args, obj, f"{state}: {result.received}/{result.expected} instances, {result.failed} failed, "
+          f"{result.seconds:.1f} s -> {result.out_dir}" + "".join(f"\n  {e}" for e in result.errors))
+    return 0 if result.complete else 1
+
+
+def cmd_store(args: argparse.Namespace) -> int:
+    s = _settings(args)
+    node = s.node(args.node)
+    result = client.store(node, s, args.paths)
+    _emit(args, result.as_json(), f"sent {result.sent}, failed {result.failed}, skipped {result.skipped} (not DICOM), "
+          f"{result.seconds:.1f} s" + "".join(f"\n  {e}" for e in result.errors[:10]))
+    return 0 if result.failed == 0 else 1

@@ -1,0 +1,752 @@
+"""DIMSE SCU operations on pynetdicom: C-ECHO, C-FIND, C-GET, C-MOVE, C-STORE.
+
+Every association sets TCP_NODELAY on its socket (measured here: without it each DIMSE round trip
+waits ~40 ms for a delayed ACK) and asks for large PDUs (fewer, bigger P-DATA messages per image).
+Failures become one-line errors naming the peer (``ORTHANC@127.0.0.1:4242``); no PHI is logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import select
+import logging
+import socket
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+)
+from pynetdicom import AE, _config, build_context, build_role, evt
+from pynetdicom import sop_class as sc
+from pynetdicom.association import Association
+from pynetdicom.status import code_to_category
+
+from .errors import (
+    AssociationRejectedError,
+    PacsConnectionError,
+    PacsOperationError,
+    PacsTimeoutError,
+)
+from .settings import Node, PacsSettings
+from .storage import InstanceStore, UnsafeUidError, flush_filesystem, header_of
+
+log = logging.getLogger(__name__)
+
+#: storage SOP classes always proposed for retrieval and sending. Orthanc fails a whole C-GET
+#: (0xC000, nothing sent) when one of the study's classes has no context, so the list is generous.
+DEFAULT_STORAGE_CLASSES: tuple[str, ...] = (
+    sc.CTImageStorage, sc.EnhancedCTImageStorage, sc.LegacyConvertedEnhancedCTImageStorage,
+    sc.MRImageStorage, sc.EnhancedMRImageStorage,
+    sc.SegmentationStorage, sc.SurfaceSegmentationStorage, sc.ParametricMapStorage,
+    sc.Comprehensive3DSRStorage, sc.EnhancedSRStorage, sc.ComprehensiveSRStorage, sc.BasicTextSRStorage,
+    sc.KeyObjectSelectionDocumentStorage, sc.MammographyCADSRStorage,
+    sc.SecondaryCaptureImageStorage,
+    sc.MultiFrameSingleBitSecondaryCaptureImageStorage, sc.MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
+    sc.MultiFrameGrayscaleWordSecondaryCaptureImageStorage, sc.MultiFrameTrueColorSecondaryCaptureImageStorage,
+    sc.PositronEmissionTomographyImageStorage, sc.EnhancedPETImageStorage, sc.NuclearMedicineImageStorage,
+    sc.ComputedRadiographyImageStorage, sc.DigitalXRayImageStorageForPresentation,
+    sc.DigitalMammographyXRayImageStorageForPresentation, sc.BreastTomosynthesisImageStorage,
+    sc.UltrasoundImageStorage, sc.UltrasoundMultiFrameImageStorage, sc.XRayAngiographicImageStorage,
+    sc.RTStructureSetStorage, sc.RTDoseStorage, sc.RTPlanStorage,
+    sc.GrayscaleSoftcopyPresentationStateStorage, sc.EncapsulatedPDFStorage,
+)
+
+#: transfer syntaxes we accept for received instances: uncompressed first, then lossless
+#: compressed forms pydicom can decode (so a PACS need not transcode what it stores compressed)
+RECEIVE_TRANSFER_SYNTAXES: list[str] = [
+    ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
+    JPEGLSLossless, JPEG2000Lossless, JPEGLosslessSV1, RLELossless,
+]
+
+MAX_CONTEXTS = 128  # PS3.8: at most 128 presentation contexts per association
+
+ProgressCallback = Callable[[int, int], None]  # (done, total) — total is 0 when unknown
+
+
+# pynetdicom logs every request/response identifier at INFO: patient names and IDs. Never.
+_config.LOG_REQUEST_IDENTIFIERS = False
+_config.LOG_RESPONSE_IDENTIFIERS = False
+
+#: longest the DUL reactor waits in select() before checking its timers and kill flag
+_REACTOR_WAIT_S = 0.05
+
+
+def _wake_on_data(dul: Any) -> None:
+    """Make the association's DUL reactor wake as soon as there is work, instead of polling.
+
+    pynetdicom's reactor polls: when a loop finds nothing to do it sleeps ``_run_loop_delay`` (1 ms,
+    several ms on a loaded machine) and then checks the socket with a zero-timeout select. During a
+    C-GET every image waits on that loop twice: for the incoming data and for our C-STORE response
+    to leave (the peer sends nothing until it has it). Here the reactor blocks in select() on its
+    socket *and* on a wake-up socketpair that is written whenever something is queued for it to send,
+    so it reacts to either at once; the sleep is dropped."""
+    wake_r, wake_w = socket.socketpair()
+    wake_r.setblocking(False)
+    wake_w.setblocking(False)
+    weakref.finalize(dul, wake_r.close)
+    weakref.finalize(dul, wake_w.close)
+
+    def poke() -> None:
+        try:
+            wake_w.send(b"\0")
+        except OSError:  # buffer full (already poked) or closed: the reactor is awake or gone
+            pass
+
+    for q in (dul.to_provider_queue, dul.event_queue):
+        put = q.put
+
+        def put_and_wake(item: Any, block: bool = True, timeout: float | None = None, _put: Any = put) -> None:
+            _put(item, block, timeout)
+            poke()
+
+        q.put = put_and_wake  # type: ignore[method-assign]
+
+    original = dul._is_transport_event
+
+    def is_transport_event() -> bool:
+        sock = getattr(dul.socket, "socket", None)
+        if sock is not None and dul.to_provider_queue.empty() and dul.event_queue.empty():
+            try:
+                select.select([sock, wake_r], [], [], _REACTOR_WAIT_S)
+                try:
+                    wake_r.recv(4096)
+                except OSError:
+                    pass
+            except (OSError, ValueError):
+                pass  # closed socket: the original check reports the transport event
+        return original()
+
+    dul._is_transport_event = is_transport_event
+    dul._run_loop_delay = 0
+    # a kill request (release/abort) must not wait for the select timeout either
+    kill = dul.kill_dul
+
+    def kill_and_wake() -> None:
+        kill()
+        poke()
+
+    dul.kill_dul = kill_and_wake
+
+
+def tune_association(event: evt.Event) -> None:
+    """EVT_CONN_OPEN handler for every association we make or accept: TCP_NODELAY on its socket
+    (no ~40 ms delayed-ACK wait per DIMSE round trip) and a reactor that wakes on data."""
+    try:
+        dul = event.assoc.dul
+        sock = dul.socket.socket
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _wake_on_data(dul)
+    except (AttributeError, OSError) as exc:  # a socket already closed by the peer: nothing to tune
+        log.debug("association socket not tuned: %s", exc)
+
+
+set_nodelay = tune_association  # the name the design notes use
+
+
+def make_ae(settings: PacsSettings) -> AE:
+    ae = AE(ae_title=settings.local_aet)
+    t = settings.timeouts
+    ae.connection_timeout = t.connection
+    ae.acse_timeout = t.acse
+    ae.dimse_timeout = t.dimse
+    ae.network_timeout = t.network
+    ae.maximum_pdu_size = settings.max_pdu
+    return ae
+
+
+def _probe_reason(node: Node, timeout: float | None) -> str:
+    """Why a TCP connection to ``node`` fails, in words (only called after an association failed)."""
+    try:
+        with socket.create_connection((node.host, node.port), timeout=timeout or 5):
+            return "the peer closed the connection or aborted the association"
+    except socket.timeout:
+        return "connection timed out"
+    except OSError as exc:
+        if exc.errno == errno.ECONNREFUSED:
+            return "connection refused"
+        return (exc.strerror or str(exc)).lower()
+
+
+@contextlib.contextmanager
+def associate(
+    node: Node,
+    settings: PacsSettings,
+    contexts: Sequence[Any],
+    *,
+    roles: Sequence[Any] = (),
+    handlers: Sequence[tuple] = (),
+    ae: AE | None = None,
+) -> Iterator[Association]:
+    """An established association with ``node``; released (or aborted on error) on exit."""
+    ae = ae or make_ae(settings)
+    ae.requested_contexts = list(contexts)[:MAX_CONTEXTS]
+    tls_args = node.tls.client_context(node.host) if node.tls else None
+    # Under load pynetdicom can see the peer's close before the A-ASSOCIATE-RJ it sent just ahead of
+    # it, and reports an abort; a second attempt then reads the rejection (and its reason) properly.
+    for attempt in (1, 2):
+        assoc = ae.associate(
+            node.host,
+            node.port,
+            ae_title=node.aet,
+            max_pdu=settings.max_pdu,
+            ext_neg=list(roles) or None,
+            evt_handlers=[(evt.EVT_CONN_OPEN, tune_association), *handlers],
+            tls_args=tls_args,
+        )
+        if assoc.is_established or assoc.is_rejected:
+            break
+        reason = _probe_reason(node, settings.timeouts.connection)
+        if attempt == 2 or not reason.startswith("the peer closed"):
+            break
+        time.sleep(0.2)
+    if not assoc.is_established:
+        if assoc.is_rejected:
+            prim = assoc.acceptor.primitive
+            reason = getattr(prim, "reason_str", "unknown reason") if prim is not None else "unknown reason"
+            raise AssociationRejectedError(
+                f"{node} rejected association from calling AE {settings.local_aet!r} to called AE "
+                f"{node.aet!r}: {reason}"
+            )
+        raise PacsConnectionError(f"cannot connect to {node}: {reason}")
+    try:
+        yield assoc
+    finally:
+        if assoc.is_established:
+            assoc.release()
+        ae.shutdown()
+
+
+def echo(node: Node, settings: PacsSettings) -> float:
+    """C-ECHO; returns the round-trip seconds (association included)."""
+    t0 = time.perf_counter()
+    with associate(node, settings, [build_context(sc.Verification)]) as assoc:
+        status = assoc.send_c_echo()
+        _require_success(node, "C-ECHO", status)
+    return time.perf_counter() - t0
+
+
+def _require_success(node: Node, op: str, status: Dataset) -> None:
+    if "Status" not in status:
+        raise PacsTimeoutError(f"{node} did not answer {op} (DIMSE timeout or association aborted)")
+    if status.Status != 0x0000:
+        raise PacsOperationError(f"{node} answered {op} with status 0x{status.Status:04X}")
+
+
+# --- C-FIND ----------------------------------------------------------------------------------------
+LEVELS = ("patient", "study", "series", "image")
+
+#: return keys requested per level (empty = return this key)
+_RETURN_KEYS: dict[str, tuple[str, ...]] = {
+    "patient": ("PatientID", "PatientName", "PatientBirthDate", "PatientSex", "NumberOfPatientRelatedStudies"),
+    "study": (
+        "PatientID", "PatientName", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyDate",
+        "StudyTime", "AccessionNumber", "StudyID", "StudyDescription", "ModalitiesInStudy",
+        "ReferringPhysicianName", "NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances",
+    ),
+    "series": (
+        "StudyInstanceUID", "SeriesInstanceUID", "Modality", "SeriesNumber", "SeriesDescription",
+        "SeriesDate", "BodyPartExamined", "NumberOfSeriesRelatedInstances",
+    ),
+    "image": ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID", "InstanceNumber"),
+}
+
+#: filter names (CLI / API) -> attribute keyword per level
+_FILTERS: dict[str, dict[str, str]] = {
+    "patient_id": {lv: "PatientID" for lv in LEVELS},
+    "patient_name": {lv: "PatientName" for lv in LEVELS},
+    "study_date": {"study": "StudyDate", "series": "StudyDate", "image": "StudyDate"},
+    "accession": {"study": "AccessionNumber", "series": "AccessionNumber", "image": "AccessionNumber"},
+    "modality": {"study": "ModalitiesInStudy", "series": "Modality", "image": "Modality"},
+    "description": {"study": "StudyDescription", "series": "SeriesDescription"},
+    "study_uid": {"study": "StudyInstanceUID", "series": "StudyInstanceUID", "image": "StudyInstanceUID"},
+    "series_uid": {"series": "SeriesInstanceUID", "image": "SeriesInstanceUID"},
+    "sop_uid": {"image": "SOPInstanceUID"},
+}
+
+#: normalized record field -> attribute keyword
+_FIELDS: dict[str, str] = {
+    "patient_id": "PatientID", "patient_name": "PatientName", "patient_birth_date": "PatientBirthDate",
+    "patient_sex": "PatientSex", "study_uid": "StudyInstanceUID", "study_date": "StudyDate",
+    "study_time": "StudyTime", "accession_number": "AccessionNumber", "study_id": "StudyID",
+    "study_description": "StudyDescription", "referring_physician": "ReferringPhysicianName",
+    "series_uid": "SeriesInstanceUID", "modality": "Modality", "series_number": "SeriesNumber",
+    "series_description": "SeriesDescription", "series_date": "SeriesDate", "body_part": "BodyPartExamined",
+    "sop_uid": "SOPInstanceUID", "sop_class_uid": "SOPClassUID", "instance_number": "InstanceNumber",
+}
+_COUNTS = {
+    "n_studies": "NumberOfPatientRelatedStudies", "n_series": "NumberOfStudyRelatedSeries",
+    "n_instances": ("NumberOfStudyRelatedInstances", "NumberOfSeriesRelatedInstances"),
+}
+_UNIQUE = {"patient": "patient_id", "study": "study_uid", "series": "series_uid", "image": "sop_uid"}
+#: fields that belong to a level's record (a PACS answering a study query per instance leaks the rest)
+_BELOW = {
+    "patient": {"study_uid", "study_date", "study_time", "accession_number", "study_id", "study_description",
+                "referring_physician", "series_uid", "modality", "series_number", "series_description",
+                "series_date", "body_part", "sop_uid", "sop_class_uid", "instance_number"},
+    "study": {"series_uid", "modality", "series_number", "series_description", "series_date", "body_part",
+              "sop_uid", "sop_class_uid", "instance_number"},
+    "series": {"sop_uid", "sop_class_uid", "instance_number"},
+    "image": set(),
+}
+
+
+def build_query(level: str, filters: dict[str, str | None]) -> Dataset:
+    if level not in LEVELS:
+        raise PacsOperationError(f"query level {level!r}: use one of {', '.join(LEVELS)}")
+    ds = Dataset()
+    ds.QueryRetrieveLevel = {"image": "IMAGE"}.get(level, level.upper())
+    for kw in _RETURN_KEYS[level]:
+        setattr(ds, kw, "")
+    for name, value in filters.items():
+        if value in (None, ""):
+            continue
+        kw = _FILTERS.get(name, {}).get(level)
+        if kw is None:
+            raise PacsOperationError(f"filter {name!r} does not apply at {level} level")
+        setattr(ds, kw, value)
+    return ds
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or value.__class__.__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def normalize(level: str, rows: Iterable[Dataset]) -> list[dict[str, Any]]:
+    """One record per unique key of the level (some PACS return one row per instance): text fields
+    take the first non-empty value, modalities are unioned, counts are the largest reported or the
+    number of distinct instances seen, whichever is larger."""
+    merged: dict[str, dict[str, Any]] = {}
+    sops: dict[str, set[str]] = {}
+    for ds in rows:
+        rec: dict[str, Any] = {}
+        for name, kw in _FIELDS.items():
+            if kw in ds and _text(ds.get(kw)):
+                rec[name] = _text(ds.get(kw))
+        mods = set()
+        for kw in ("ModalitiesInStudy", "Modality"):
+            if kw in ds and ds.get(kw):
+                v = ds.get(kw)
+                mods.update([str(x) for x in v] if not isinstance(v, str) else [x for x in v.split("\\") if x])
+        for name, kws in _COUNTS.items():
+            for kw in (kws,) if isinstance(kws, str) else kws:
+                if kw in ds and str(ds.get(kw)).strip():
+                    with contextlib.suppress(ValueError, TypeError):
+                        rec[name] = int(str(ds.get(kw)).strip())
+        key = rec.get(_UNIQUE[level])
+        if not key:
+            continue
+        sop = rec.get("sop_uid")
+        for name in _BELOW[level]:
+            rec.pop(name, None)
+        cur = merged.setdefault(key, {})
+        for name, value in rec.items():
+            if name.startswith("n_"):
+                cur[name] = max(cur.get(name, 0), value)
+            else:
+                cur.setdefault(name, value)
+        if level == "study":
+            cur.setdefault("modalities", set()).update(mods)
+        if sop:
+            sops.setdefault(key, set()).add(sop)
+    out = []
+    for key, cur in merged.items():
+        if "modalities" in cur:
+            cur["modalities"] = sorted(cur["modalities"])
+        if level != "image" and key in sops:
+            cur["n_instances"] = max(cur.get("n_instances", 0), len(sops[key]))
+        out.append(cur)
+    out.sort(key=lambda r: (r.get("study_date", ""), r.get("series_number", ""), r.get(_UNIQUE[level], "")))
+    for rec in out:  # numbers as numbers where the attribute is numeric
+        for name in ("series_number", "instance_number"):
+            if name in rec:
+                with contextlib.suppress(ValueError):
+                    rec[name] = int(float(rec[name]))
+    return out
+
+
+def find(node: Node, settings: PacsSettings, level: str, **filters: str | None) -> list[dict[str, Any]]:
+    """C-FIND at ``level`` (patient root for patients, study root otherwise) -> normalized records."""
+    query = build_query(level, filters)
+    model = sc.PatientRootQueryRetrieveInformationModelFind if level == "patient" else (
+        sc.StudyRootQueryRetrieveInformationModelFind
+    )
+    rows: list[Dataset] = []
+    with associate(node, settings, [build_context(model)]) as assoc:
+        final = None
+        for status, identifier in assoc.send_c_find(query, model):
+            if "Status" not in status:
+                raise PacsTimeoutError(f"{node} stopped answering C-FIND (DIMSE timeout or association aborted)")
+            cat = code_to_category(status.Status)
+            if cat == "Pending" and identifier is not None:
+                rows.append(identifier)
+            else:
+                final = status.Status
+        if final not in (0x0000, None):
+            raise PacsOperationError(f"{node} answered C-FIND ({level}) with status 0x{final:04X}")
+    return normalize(level, rows)
+
+
+# --- retrieval -------------------------------------------------------------------------------------
+@dataclass
+class RetrieveResult:
+    """Outcome of one retrieval. ``complete`` only when every expected instance is on disk."""
+
+    study_uid: str
+    out_dir: Path
+    expected: int = 0
+    received: int = 0
+    failed: int = 0
+    warnings: int = 0
+    seconds: float = 0.0
+    cancelled: bool = False
+    complete: bool = False
+    associations: int = 1
+    method: str = "get"
+    errors: list[str] = field(default_factory=list)
+    paths: list[Path] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        rate = self.received / self.seconds if self.seconds > 0 else 0.0
+        return {
+            "study_uid": self.study_uid, "out": str(self.out_dir), "method": self.method,
+            "expected": self.expected, "received": self.received, "failed": self.failed,
+            "warnings": self.warnings, "seconds": round(self.seconds, 3), "images_per_second": round(rate, 1),
+            "complete": self.complete, "cancelled": self.cancelled, "associations": self.associations,
+            "errors": self.errors,
+        }
+
+
+class _Progress:
+    """Thread-safe counter shared by the retrieval workers; calls the user's callback."""
+
+    def __init__(self, total: int, callback: ProgressCallback | None) -> None:
+        self.total, self.callback = total, callback
+        self.done = 0
+        self.lock = threading.Lock()
+        self.paths: dict[str, Path] = {}
+        self.local_failures = 0
+
+    def stored(self, sop_uid: str, path: Path) -> None:
+        with self.lock:
+            new = sop_uid not in self.paths
+            self.paths[sop_uid] = path
+            if new:
+                self.done += 1
+            done = self.done
+        if new and self.callback:
+            self.callback(done, self.total)
+
+
+def _store_handler(store: InstanceStore, progress: _Progress, node: Node) -> Callable[[evt.Event], int]:
+    def handle(event: evt.Event) -> int:
+        try:
+            encoded = event.encoded_dataset(include_meta=True)
+            rec = store.put(header_of(encoded), encoded, str(event.context.transfer_syntax))
+        except UnsafeUidError as exc:
+            log.warning("retrieve from %s: %s", node, exc)
+            with progress.lock:
+                progress.local_failures += 1
+            return 0xC210  # cannot understand
+        except OSError as exc:
+            log.error("retrieve from %s: cannot write instance: %s", node, exc)
+            with progress.lock:
+                progress.local_failures += 1
+            return 0xA700
+        progress.stored(rec.sop_uid, rec.path)
+        return 0x0000
+
+    return handle
+
+
+def _storage_contexts(classes: Iterable[str]) -> list[Any]:
+    uniq = list(dict.fromkeys([*classes, *DEFAULT_STORAGE_CLASSES]))
+    return [build_context(uid, RECEIVE_TRANSFER_SYNTAXES) for uid in uniq[: MAX_CONTEXTS - 1]]
+
+
+def _chunks(items: Sequence[Any], n: int) -> list[list[Any]]:
+    n = max(1, min(n, len(items)))
+    return [list(items[i::n]) for i in range(n)]
+
+
+@dataclass
+class _Outcome:
+    completed: int = 0
+    failed: int = 0
+    warnings: int = 0
+    final_status: int | None = None
+    error: str = ""
+    cancelled: bool = False
+
+
+def _run_get(
+    node: Node,
+    settings: PacsSettings,
+    identifier: Dataset,
+    classes: Sequence[str],
+    store: InstanceStore,
+    progress: _Progress,
+    cancel: threading.Event | None,
+    method: str,
+    move_destination: str,
+) -> _Outcome:
+    """One association: C-GET (sub-operations arrive on it) or C-MOVE (to ``move_destination``)."""
+    out = _Outcome()
+    if method == "get":
+        model = sc.StudyRootQueryRetrieveInformationModelGet
+        store_cx = _storage_contexts(classes)
+        contexts = [build_context(model), *store_cx]
+        roles = [build_role(cx.abstract_syntax, scp_role=True) for cx in store_cx]
+        handlers = [(evt.EVT_C_STORE, _store_handler(store, progress, node))]
+    else:
+        model = sc.StudyRootQueryRetrieveInformationModelMove
+        contexts, roles, handlers = [build_context(model)], [], []
+    try:
+        with associate(node, settings, contexts, roles=roles, handlers=handlers) as assoc:
+            cancel_sent = False
+            last = time.monotonic()
+            responses = (
+                assoc.send_c_get(identifier, model, msg_id=1)
+                if method == "get"
+                else assoc.send_c_move(identifier, move_destination, model, msg_id=1)
+            )
+            for status, _ in responses:
+                now = time.monotonic()
+                if "Status" not in status:
+                    # pynetdicom yields an empty status both when the DIMSE timeout expired (it then
+                    # aborts) and when the peer aborted or closed: the silence before tells them apart.
+                    timeout = settings.timeouts.dimse
+                    if timeout is not None and now - last >= timeout * 0.9:
+                        out.error = f"{node}: no DIMSE response within {timeout:g} s; association aborted"
+                    else:
+                        out.error = f"{node} aborted the association during C-{method.upper()}"
+                    break
+                last = now
+                for kw, attr in (
+                    ("NumberOfCompletedSuboperations", "completed"),
+                    ("NumberOfFailedSuboperations", "failed"),
+                    ("NumberOfWarningSuboperations", "warnings"),
+                ):
+                    if kw in status and status.get(kw) is not None:
+                        setattr(out, attr, int(status.get(kw)))
+                cat = code_to_category(status.Status)
+                if method == "move" and progress.callback:  # C-MOVE progress: the PACS's own count
+                    progress.callback(out.completed, progress.total)
+                if cat == "Pending":
+                    if cancel is not None and cancel.is_set() and not cancel_sent:
+                        assoc.send_c_cancel(1, query_model=model)
+                        cancel_sent = True
+                    continue
+                out.final_status = status.Status
+                out.cancelled = cat == "Cancel"
+            if cancel is not None and cancel.is_set():
+                out.cancelled = True
+    except (PacsConnectionError, AssociationRejectedError) as exc:
+        out.error = str(exc)
+    return out
+
+
+def _list_instances(
+    node: Node, settings: PacsSettings, study_uid: str, series_uids: Sequence[str]
+) -> list[dict[str, Any]]:
+    records: list[dict[str, Any]] = []
+    for series in series_uids or [None]:
+        records += find(node, settings, "image", study_uid=study_uid, series_uid=series)
+    return records
+
+
+def retrieve(
+    node: Node,
+    settings: PacsSettings,
+    study_uid: str,
+    out_dir: str | Path,
+    *,
+    series_uids: Sequence[str] = (),
+    method: str | None = None,
+    move_destination: str | None = None,
+    parallel: int | None = None,
+    on_progress: ProgressCallback | None = None,
+    cancel: threading.Event | None = None,
+) -> RetrieveResult:
+    """Retrieve a study (or some of its series) into ``out_dir`` (store layout study/series/sop.dcm).
+
+    An IMAGE-level C-FIND lists the instances first: it gives the total for progress, the SOP classes
+    to propose (Orthanc fails a whole C-GET that lacks one) and lets the instances be split over
+    ``parallel`` associations, each retrieving its share by SOP Instance UID list. With C-MOVE the
+    instances arrive at ``move_destination`` (a listener the PACS knows); a listener writing into
+    ``out_dir`` is the caller's business (see :func:`MedImgAILib.pacs.listener.Listener`)."""
+    method = method or node.retrieve
+    if method not in ("get", "move"):
+        raise PacsOperationError(f"retrieve method {method!r}: use 'get' or 'move'")
+    if method == "move" and not move_destination:
+        raise PacsOperationError("C-MOVE needs a destination AE title (a listener the PACS knows)")
+    # Instances are written with temp name + rename but without a per-file fsync; one filesystem
+    # flush at the end makes the retrieval durable before it is reported (see flush_filesystem).
+    store = InstanceStore(Path(out_dir), durable=False)
+    t0 = time.perf_counter()
+    instances = _list_instances(node, settings, study_uid, series_uids)
+    result = RetrieveResult(study_uid=study_uid, out_dir=store.root, expected=len(instances), method=method)
+    progress = _Progress(len(instances), on_progress)
+    if instances:
+        classes = sorted({r["sop_class_uid"] for r in instances if r.get("sop_class_uid")})
+        # C-MOVE: one request; the PACS opens its own association to the destination.
+        n = 1 if method == "move" else (parallel or node.parallel)
+        # Fewer than ~16 instances per association costs more in association set-up than it saves.
+        n = max(1, min(n, len(instances) // 16 or 1))
+        jobs = []
+        for chunk in _chunks([r for r in instances], n):
+            ident = Dataset()
+            ident.QueryRetrieveLevel = "IMAGE"
+            ident.StudyInstanceUID = study_uid
+            series = sorted({r["series_uid"] for r in chunk if r.get("series_uid")})
+            ident.SeriesInstanceUID = series if len(series) > 1 else (series[0] if series else "")
+            ident.SOPInstanceUID = [r["sop_uid"] for r in chunk] if len(chunk) > 1 else chunk[0]["sop_uid"]
+            jobs.append(ident)
+    else:  # the PACS lists no instances (or no IMAGE level): one study/series-level request
+        classes = []
+        ident = Dataset()
+        ident.QueryRetrieveLevel = "SERIES" if series_uids else "STUDY"
+        ident.StudyInstanceUID = study_uid
+        if series_uids:
+            ident.SeriesInstanceUID = list(series_uids) if len(series_uids) > 1 else series_uids[0]
+        jobs = [ident]
+    result.associations = len(jobs)
+    outcomes: list[_Outcome] = [_Outcome() for _ in jobs]
+
+    def work(i: int) -> None:
+        outcomes[i] = _run_get(node, settings, jobs[i], classes, store, progress, cancel, method, move_destination or "")
+
+    threads = [threading.Thread(target=work, args=(i,), name=f"retrieve-{i}", daemon=True) for i in range(len(jobs))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    result.paths = sorted(progress.paths.values())
+    if result.paths:
+        flush_filesystem(store.root, result.paths)
+    result.seconds = time.perf_counter() - t0
+    result.received = len(progress.paths)
+    if method == "move":  # the instances went to the destination; the PACS's counts are all we know
+        result.received = sum(o.completed for o in outcomes)
+    result.failed = sum(o.failed for o in outcomes) + progress.local_failures
+    result.warnings = sum(o.warnings for o in outcomes)
+    result.cancelled = any(o.cancelled for o in outcomes)
+    result.errors = [o.error for o in outcomes if o.error]
+    for o in outcomes:
+        if o.final_status not in (None, 0x0000, 0xFE00) and not o.error:
+            result.errors.append(f"{node} ended C-{method.upper()} with status 0x{o.final_status:04X}")
+    ok_status = all(o.final_status == 0x0000 for o in outcomes)
+    expected = result.expected or result.received
+    result.complete = (
+        ok_status and not result.errors and not result.cancelled and result.failed == 0
+        and result.received >= expected and expected > 0
+    )
+    return result
+
+
+# --- C-STORE ---------------------------------------------------------------------------------------
+@dataclass
+class StoreResult:
+    sent: int = 0
+    failed: int = 0
+    warnings: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    errors: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "sent": self.sent, "failed": self.failed, "warnings": self.warnings, "skipped": self.skipped,
+            "seconds": round(self.seconds, 3), "errors": self.errors[:20],
+        }
+
+
+def collect_files(paths: Iterable[str | Path]) -> list[Path]:
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith("."))
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise PacsOperationError(f"{p} does not exist")
+    return files
+
+
+def store(
+    node: Node,
+    settings: PacsSettings,
+    paths: Iterable[str | Path],
+    *,
+    on_progress: ProgressCallback | None = None,
+) -> StoreResult:
+    """C-STORE files (or every DICOM file under directories) to ``node``. Each file is sent in its own
+    transfer syntax; non-DICOM files are skipped and counted."""
+    t0 = time.perf_counter()
+    result = StoreResult()
+    items: list[tuple[Path, str, str]] = []
+    for f in collect_files(paths):
+        try:
+            hdr = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+            cls = str(hdr.file_meta.MediaStorageSOPClassUID if "MediaStorageSOPClassUID" in hdr.file_meta else hdr.SOPClassUID)
+            ts = str(hdr.file_meta.TransferSyntaxUID)
+        except Exception:  # noqa: BLE001 - any unreadable file is "not DICOM" to a sender
+            result.skipped += 1
+            continue
+        items.append((f, cls, ts))
+    if not items:
+        result.seconds = time.perf_counter() - t0
+        return result
+    pairs = list(dict.fromkeys((cls, ts) for _, cls, ts in items))
+    contexts = []
+    for cls, ts in pairs:
+        tss = list(dict.fromkeys([ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+        contexts.append(build_context(cls, tss))
+    for cls in DEFAULT_STORAGE_CLASSES:
+        if cls not in {c for c, _ in pairs}:
+            contexts.append(build_context(cls, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+    if len({c for c, _ in pairs}) > MAX_CONTEXTS:
+        raise PacsOperationError(f"{len(pairs)} SOP classes in one send: more than one association can carry")
+    with associate(node, settings, contexts[:MAX_CONTEXTS]) as assoc:
+        for i, (f, _cls, _ts) in enumerate(items, 1):
+            try:
+                status = assoc.send_c_store(f)
+            except ValueError as exc:  # no accepted context for this class/syntax
+                result.failed += 1
+                result.errors.append(f"{f.name}: {exc}")
+                continue
+            if "Status" not in status:
+                raise PacsTimeoutError(
+                    f"{node} stopped answering C-STORE after {result.sent} of {len(items)} instances"
+                )
+            cat = code_to_category(status.Status)
+            if cat == "Success":
+                result.sent += 1
+            elif cat == "Warning":
+                result.sent += 1
+                result.warnings += 1
+            else:
+                result.failed += 1
+                result.errors.append(f"{f.name}: status 0x{status.Status:04X}")
+            if on_progress:
+                on_progress(i, len(items))
+    result.seconds = time.perf_counter() - t0
+    return result

@@ -1,0 +1,415 @@
+"""The listener: a Storage SCP that a PACS or modality routes studies to, plus query/retrieve
+(C-FIND/C-GET/C-MOVE) over what it holds, so it doubles as the embedded PACS for the demo.
+
+Promises, in the order a received instance meets them:
+1. only allowed calling AEs associate (others are rejected at association, naming the reason);
+2. the disk has room (else 0xA700 out of resources, nothing written);
+3. the instance's UIDs are valid DICOM UIDs (else refused: a crafted UID never becomes a path);
+4. it is on disk durably (temp file, fsync, rename, fsync dir) and recorded in the index before the
+   success status leaves;
+5. a study is "complete" after ``quiet_seconds`` without a new instance: ``on_study_complete(study_uid,
+   paths)`` is called once per quiet period (again if more instances arrive later);
+6. SIGTERM stops accepting, lets in-flight instances finish, then exits; a restart re-scans the store
+   so every acknowledged instance is indexed, and studies never reported complete are reported.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, build_context, evt
+from pynetdicom import sop_class as sc
+
+from .client import tune_association
+from .errors import PacsConnectionError, UnsafeUidError
+from .qr import find_answers, select_instances
+from .settings import ListenerSettings, TlsSettings, validate_aet
+from .storage import InstanceStore, fsync_dir, header_of
+
+log = logging.getLogger(__name__)
+
+STATUS_SUCCESS = 0x0000
+STATUS_OUT_OF_RESOURCES = 0xA700
+STATUS_CANNOT_UNDERSTAND = 0xC000
+STATUS_DATASET_MISMATCH = 0xA900
+COMPLETE_MARKER = ".study-complete"
+
+StudyCallback = Callable[[str, list[Path]], None]
+
+
+class InstanceIndex(Protocol):
+    """What the listener needs from the metadata index (MedImgAILib.dicom.index.StudyIndex)."""
+
+    def add_instance(self, path: Path, ds: Dataset) -> Any: ...
+
+
+@dataclass
+class ListenerConfig:
+    aet: str = "MEDIMGAI"
+    host: str = "127.0.0.1"
+    port: int = 11112  # 0 = any free port (see Listener.port)
+    store_dir: Path = Path("store")
+    #: calling AE titles allowed to associate; empty = anyone
+    allow: list[str] = field(default_factory=list)
+    max_associations: int = 8
+    quiet_seconds: float = 30.0
+    min_free_mb: float = 1024.0
+    tls: TlsSettings | None = None
+    #: C-MOVE destinations: AE title -> (host, port)
+    move_destinations: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: answer C-FIND/C-GET/C-MOVE over the store (the embedded PACS)
+    query_retrieve: bool = True
+    timeouts: tuple[float | None, float | None, float | None] = (30.0, 60.0, 120.0)  # acse, dimse, network
+
+    @classmethod
+    def from_settings(cls, s: ListenerSettings, **overrides: Any) -> "ListenerConfig":
+        cfg = cls(
+            aet=s.aet, host=s.host, port=s.port, store_dir=Path(s.store).expanduser(), allow=list(s.allow),
+            max_associations=s.max_associations, quiet_seconds=s.quiet_seconds, min_free_mb=s.min_free_mb,
+            tls=s.tls,
+        )
+        for k, v in overrides.items():
+            if v is not None:
+                setattr(cfg, k, v)
+        return cfg
+
+
+class Listener:
+    """Start with :meth:`start` (returns at once) or :meth:`serve_forever` (until SIGTERM/SIGINT)."""
+
+    def __init__(
+        self,
+        config: ListenerConfig,
+        *,
+        index: InstanceIndex | None = None,
+        on_study_complete: StudyCallback | None = None,
+    ) -> None:
+        self.config = config
+        validate_aet(config.aet, "listener AE title")
+        for a in config.allow:
+            validate_aet(a, "allowed calling AE title")
+        self.store = InstanceStore(config.store_dir, durable=True)
+        self.index = index
+        self.on_study_complete = on_study_complete
+        self._server: Any = None
+        self._ae: AE | None = None
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._inflight = 0
+        self._last_seen: dict[str, float] = {}  # study UID -> monotonic time of its last new instance
+        self._stop = threading.Event()
+        self._monitor: threading.Thread | None = None
+        self.received = 0
+        self.refused = 0
+
+    # -- life cycle -----------------------------------------------------------------------------
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            return self.config.port
+        return int(self._server.server_address[1])
+
+    def start(self) -> "Listener":
+        self._rescan()
+        ae = AE(ae_title=self.config.aet)
+        ae.maximum_associations = self.config.max_associations
+        ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = self.config.timeouts
+        ae.maximum_pdu_size = 0  # no limit: peers may send whole images in one PDU
+        ae.require_called_aet = True
+        if self.config.allow:
+            ae.require_calling_aet = list(self.config.allow)
+        ae.add_supported_context(sc.Verification, ALL_TRANSFER_SYNTAXES)
+        for cx in AllStoragePresentationContexts:
+            # scp_role=True: also accept a C-GET requestor acting as Storage SCP on this context
+            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES, scp_role=True, scu_role=False)
+        if self.config.query_retrieve:
+            for model in (
+                sc.StudyRootQueryRetrieveInformationModelFind, sc.PatientRootQueryRetrieveInformationModelFind,
+                sc.StudyRootQueryRetrieveInformationModelGet, sc.PatientRootQueryRetrieveInformationModelGet,
+                sc.StudyRootQueryRetrieveInformationModelMove, sc.PatientRootQueryRetrieveInformationModelMove,
+            ):
+                ae.add_supported_context(model)
+        handlers = [
+            (evt.EVT_CONN_OPEN, tune_association),
+            (evt.EVT_C_ECHO, lambda e: STATUS_SUCCESS),
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_FIND, self._on_find),
+            (evt.EVT_C_GET, self._on_get),
+            (evt.EVT_C_MOVE, self._on_move),
+            (evt.EVT_REJECTED, self._on_rejected),
+        ]
+        ssl_context = self.config.tls.server_context() if self.config.tls else None
+        try:
+            self._server = ae.start_server(
+                (self.config.host, self.config.port), block=False, evt_handlers=handlers, ssl_context=ssl_context
+            )
+        except OSError as exc:
+            raise PacsConnectionError(
+                f"listener {self.config.aet} cannot listen on {self.config.host}:{self.config.port}: "
+                f"{(exc.strerror or str(exc)).lower()}"
+            ) from exc
+        self._ae = ae
+        self._monitor = threading.Thread(target=self._watch_studies, name="study-quiet-monitor", daemon=True)
+        self._monitor.start()
+        log.info("listener %s on %s:%d, store %s", self.config.aet, self.config.host, self.port, self.store.root)
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop accepting, let associations in progress finish (up to ``timeout``), then close."""
+        self._stop.set()
+        if self._server is None:
+            return
+        self._server.shutdown()  # no new associations
+        deadline = time.monotonic() + timeout
+        assert self._ae is not None
+        while self._ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with self._idle:  # an instance being written is finished before we return
+            while self._inflight and time.monotonic() < deadline:
+                self._idle.wait(0.1)
+        for assoc in self._ae.active_associations:
+            assoc.abort()
+        self._ae.shutdown()
+        self._server = None
+        if self._monitor:
+            self._monitor.join(timeout=5)
+
+    def serve_forever(self) -> None:
+        """Start, run until SIGTERM or SIGINT, then stop cleanly (call from the main thread)."""
+        self.start()
+        self.serve_until_signal()
+
+    def serve_until_signal(self) -> None:
+        """Block until SIGTERM or SIGINT, then :meth:`stop` (main thread only)."""
+        stop = threading.Event()
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            log.info("listener: signal %d, stopping", signum)
+            stop.set()
+
+        old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            while not stop.wait(0.5):
+                pass
+        finally:
+            self.stop()
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    def __enter__(self) -> "Listener":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- restart --------------------------------------------------------------------------------
+    def _rescan(self) -> None:
+        """Index every instance already in the store (an acknowledged instance whose index write was
+        cut short by a crash is indexed now) and re-arm studies never reported complete."""
+        n = 0
+        batch: list[tuple[Path, Dataset]] = []
+        for rec, ds in self.store.scan():
+            batch.append((rec.path, ds))
+            if len(batch) >= 500:
+                self._index_batch(batch)
+            study = rec.attrs.get("StudyInstanceUID", "")
+            if study and not (self.store.root / study / COMPLETE_MARKER).exists():
+                self._last_seen[study] = time.monotonic()
+            n += 1
+        self._index_batch(batch)
+        if n:
+            log.info("listener: %d instances already in the store, %d studies pending", n, len(self._last_seen))
+
+    def _index_batch(self, batch: list[tuple[Path, Dataset]]) -> None:
+        """Index re-scanned instances (one transaction per batch where the index offers it); the
+        index ignores instances it already has."""
+        if self.index is not None and batch:
+            add_many = getattr(self.index, "add_instances", None)
+            if add_many is not None:
+                add_many(batch)
+            else:
+                for path, ds in batch:
+                    self.index.add_instance(path, ds)
+        batch.clear()
+
+    # -- storage --------------------------------------------------------------------------------
+    def _on_rejected(self, event: evt.Event) -> None:
+        req = event.assoc.requestor
+        log.warning("listener: association from %s (%s) rejected", req.ae_title, req.address)
+
+    def _on_store(self, event: evt.Event) -> int | Dataset:
+        with self._lock:
+            self._inflight += 1
+        try:
+            return self._store_one(event)
+        finally:
+            with self._idle:
+                self._inflight -= 1
+                self._idle.notify_all()
+
+    def _store_one(self, event: evt.Event) -> int | Dataset:
+        calling = event.assoc.requestor.ae_title
+        min_free = self.config.min_free_mb * 1024 * 1024
+        if self.store.free_bytes() < min_free:
+            self.refused += 1
+            log.error("listener: store %s has less than %g MB free: refusing instance from %s",
+                      self.store.root, self.config.min_free_mb, calling)
+            return STATUS_OUT_OF_RESOURCES
+        encoded = event.encoded_dataset(include_meta=True)
+        try:
+            ds = header_of(encoded)
+        except Exception as exc:  # noqa: BLE001 - anything unparseable is refused, never stored
+            self.refused += 1
+            log.warning("listener: unreadable dataset from %s refused (%s)", calling, exc.__class__.__name__)
+            return STATUS_CANNOT_UNDERSTAND
+        if str(ds.get("SOPInstanceUID", "")) != str(event.request.AffectedSOPInstanceUID):
+            self.refused += 1
+            log.warning("listener: dataset from %s does not match its C-STORE request's SOP Instance UID", calling)
+            return STATUS_DATASET_MISMATCH
+        try:
+            rec = self.store.put(ds, encoded, str(event.context.transfer_syntax))
+        except UnsafeUidError as exc:
+            self.refused += 1
+            log.warning("listener: instance from %s refused: %s", calling, exc)
+            return STATUS_CANNOT_UNDERSTAND
+        except OSError as exc:  # disk full, quota, I/O error: all "out of resources" to the sender (0xA7xx)
+            self.refused += 1
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            log.error("listener: cannot write instance from %s: %s%s", calling, exc.strerror or exc,
+                      " (disk full)" if full else "")
+            return STATUS_OUT_OF_RESOURCES
+        if self.index is not None:
+            try:
+                self.index.add_instance(rec.path, ds)
+            except Exception as exc:  # noqa: BLE001 - on disk but unindexed: ask the sender to retry
+                log.error("listener: instance stored but not indexed (%s); sender will retry", exc)
+                return STATUS_OUT_OF_RESOURCES
+        study = rec.attrs["StudyInstanceUID"]
+        with self._lock:
+            self._last_seen[study] = time.monotonic()
+            self.received += 1
+        marker = self.store.root / study / COMPLETE_MARKER
+        if marker.exists():
+            marker.unlink(missing_ok=True)
+        return STATUS_SUCCESS
+
+    # -- study completion -----------------------------------------------------------------------
+    def _watch_studies(self) -> None:
+        quiet = self.config.quiet_seconds
+        while not self._stop.wait(min(0.5, quiet / 4)):
+            now = time.monotonic()
+            with self._lock:
+                due = [s for s, t in self._last_seen.items() if now - t >= quiet]
+                for s in due:
+                    del self._last_seen[s]
+            for study in due:
+                self._complete(study)
+
+    def _complete(self, study_uid: str) -> None:
+        paths = sorted(r.path for r in self.store.records() if r.attrs.get("StudyInstanceUID") == study_uid)
+        log.info("listener: study complete (%d instances)", len(paths))  # the UID is not PHI, but keep logs lean
+        if self.on_study_complete is not None:
+            try:
+                self.on_study_complete(study_uid, paths)
+            except Exception:  # noqa: BLE001 - a failing callback must not stop the listener
+                log.exception("listener: on_study_complete failed; study will be reported again after restart")
+                return
+        marker = self.store.root / study_uid / COMPLETE_MARKER
+        if marker.parent.is_dir():
+            marker.touch()
+            fsync_dir(marker.parent)
+
+    # -- query / retrieve -----------------------------------------------------------------------
+    def _on_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
+        try:
+            answers = find_answers(self.store.records(), event.identifier)
+        except ValueError as exc:
+            log.warning("listener: C-FIND refused: %s", exc)
+            yield 0xA900, None
+            return
+        for ds in answers:
+            if event.is_cancelled:
+                yield 0xFE00, None
+                return
+            yield 0xFF00, ds
+
+    def _instances_for(self, event: evt.Event) -> list[Any]:
+        return select_instances(self.store.records(), event.identifier)
+
+    def _send_instances(self, event: evt.Event, recs: list[Any]) -> Iterator[tuple[int, Dataset | None]]:
+        for rec in recs:
+            if event.is_cancelled:
+                yield 0xFE00, None
+                return
+            try:
+                ds = pydicom.dcmread(rec.path)
+            except (OSError, ValueError) as exc:
+                log.error("listener: stored instance unreadable (%s)", exc.__class__.__name__)
+                yield 0xA702, None  # out of resources: unable to perform sub-operations
+                continue
+            yield 0xFF00, ds
+
+    def _on_get(self, event: evt.Event) -> Iterator[Any]:
+        recs = self._instances_for(event)
+        yield len(recs)
+        yield from self._send_instances(event, recs)
+
+    def _on_move(self, event: evt.Event) -> Iterator[Any]:
+        dest = self.config.move_destinations.get(str(event.move_destination or "").strip())
+        if dest is None:
+            log.warning("listener: C-MOVE to unknown destination refused")
+            yield None, None
+            return
+        recs = self._instances_for(event)
+        # The sub-association proposes one context per SOP class/transfer syntax we will send.
+        contexts = sorted({(r.attrs.get("SOPClassUID", ""), r.transfer_syntax or ExplicitVRLittleEndian) for r in recs})
+        yield dest[0], dest[1], {
+            "contexts": [build_context(c, list(dict.fromkeys([t, ExplicitVRLittleEndian, ImplicitVRLittleEndian])))
+                         for c, t in contexts if c][:128] or [build_context(sc.CTImageStorage)],
+            "evt_handlers": [(evt.EVT_CONN_OPEN, tune_association)],
+        }
+        yield len(recs)
+        yield from self._send_instances(event, recs)
+
+
+def move_into(
+    node: Any,
+    settings: Any,
+    study_uid: str,
+    out_dir: str | Path,
+    *,
+    series_uids: list[str] | tuple[str, ...] = (),
+    port: int | None = None,
+    host: str = "127.0.0.1",
+    on_progress: Any = None,
+    cancel: threading.Event | None = None,
+) -> Any:
+    """C-MOVE a study to a temporary listener (our AE title, ``host:port``) writing into ``out_dir``.
+    The PACS must know our AE title at that address. Returns a RetrieveResult whose ``received``
+    counts the instances that reached ``out_dir`` (not what the PACS claims it sent)."""
+    from .client import retrieve
+
+    listen_port = port if port is not None else settings.listener.port
+    cfg = ListenerConfig(aet=settings.local_aet, host=host, port=listen_port, store_dir=Path(out_dir),
+                         quiet_seconds=3600, min_free_mb=settings.listener.min_free_mb, query_retrieve=False)
+    with Listener(cfg) as listener:
+        result = retrieve(node, settings, study_uid, out_dir, series_uids=series_uids, method="move",
+                          move_destination=settings.local_aet, on_progress=on_progress, cancel=cancel)
+    arrived = [r for r in listener.store.records() if r.attrs.get("StudyInstanceUID") == study_uid]
+    if series_uids:
+        arrived = [r for r in arrived if r.attrs.get("SeriesInstanceUID") in set(series_uids)]
+    result.received = len(arrived)
+    result.paths = sorted(r.path for r in arrived)
+    expected = result.expected or result.received
+    result.complete = result.complete and result.received >= expected
+    return result

@@ -1,0 +1,194 @@
+"""PACS throughput: ours vs DCMTK, measured in the same run, alternating, medians.
+
+    python -m Testing.benchmarks.bench_pacs [--runs 5] [--slices 200] [--size 512]
+
+1. Retrieve a 200-slice 512x512 CT study from Orthanc (TCP_NODELAY=1, in a loopback-only netns):
+   `medimgai pacs get` vs DCMTK `getscu` (TCP_NODELAY=1). Each is timed as the whole command a user
+   runs (process start included); ours' own reported seconds are printed too.
+2. Ingest: DCMTK `storescu` sending the study to `medimgai listen` (durable: fsync before each
+   success, the default) vs to DCMTK `storescp` (no fsync). Timed as the storescu command.
+Prints one line per figure: ours, reference, ratio (images/s ours / images/s reference), and peak RSS.
+Needs root (network namespace), Orthanc and DCMTK.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from Testing.conftest import REPO
+from Testing.integration.peers import NetNs, Orthanc
+from Testing.integration.study_data import ct_series
+
+
+CPU: dict[str, list[float]] = {}  # command name -> CPU seconds (user+sys) per run
+
+
+def _timed(cmd: list[str], ns: NetNs | None = None, env: dict | None = None) -> tuple[float, int, str]:
+    """Wall seconds, peak RSS (kB, /usr/bin/time -v) and stdout of ``cmd``; CPU seconds go to CPU."""
+    full = ["/usr/bin/time", "-v", *cmd]
+    if ns is not None:
+        full = ns.cmd(*full)
+    t0 = time.perf_counter()
+    r = subprocess.run(full, capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=REPO)
+    dt = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise SystemExit(f"benchmark command failed ({r.returncode}): {' '.join(cmd)}\n{r.stderr[-2000:]}")
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr)
+    cpu = sum(float(x) for x in re.findall(r"(?:User|System) time \(seconds\): ([\d.]+)", r.stderr))
+    CPU.setdefault(Path(cmd[0]).name if "python" not in cmd[0] else "medimgai", []).append(cpu)
+    return dt, int(m.group(1)) if m else 0, r.stdout
+
+
+def _line(name: str, ours: list[float], ref: list[float], n: int, ours_rss: list[int], ref_rss: list[int], ref_name: str) -> dict:
+    o, r = statistics.median(ours), statistics.median(ref)
+    ratio = (n / o) / (n / r)
+
+    def peak(rss: list[int]) -> str:
+        return f", peak {max(rss) / 1024:.0f} MB" if max(rss) > 1 else ""
+
+    print(f"{name}: ours {n / o:7.1f} img/s ({o:.2f} s{peak(ours_rss)})  "
+          f"{ref_name} {n / r:7.1f} img/s ({r:.2f} s{peak(ref_rss)})  ratio {ratio:.2f}")
+    return {"figure": name, "ours_images_per_s": n / o, "reference_images_per_s": n / r, "ratio": ratio,
+            "ours_runs_s": ours, "reference_runs_s": ref}
+
+
+def bench_retrieve(ns: NetNs, orthanc: Orthanc, study_uid: str, n: int, runs: int, work: Path) -> dict:
+    ours, ref, ours_rss, ref_rss, internal = [], [], [], [], []
+    for i in range(runs):
+        for who in (("ours", "ref") if i % 2 == 0 else ("ref", "ours")):
+            out = work / f"get-{who}-{i}"
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True)
+            if who == "ours":
+                dt, rss, stdout = _timed([sys.executable, "-m", "MedImgAILib", "pacs", "get", orthanc.node, study_uid,
+                                          "--out", str(out), "--json"], ns)
+                res = json.loads(stdout)
+                assert res["received"] == n and res["complete"], res
+                ours.append(dt), ours_rss.append(rss), internal.append(res["seconds"])
+            else:
+                dt, rss, _ = _timed(["getscu", "-S", "-aet", "GETSCU", "-aec", orthanc.aet, "-k", "QueryRetrieveLevel=STUDY",
+                                     "-k", f"StudyInstanceUID={study_uid}", "-od", str(out), "127.0.0.1", str(orthanc.port)],
+                                    ns, env={"TCP_NODELAY": "1"})
+                assert len(list(out.iterdir())) == n
+                ref.append(dt), ref_rss.append(rss)
+            shutil.rmtree(out, ignore_errors=True)
+    fig = _line("retrieve (C-GET from Orthanc)", ours, ref, n, ours_rss, ref_rss, "getscu")
+    c_ours, c_ref = statistics.median(CPU["medimgai"]), statistics.median(CPU["getscu"])
+    print(f"  CPU per image: ours {c_ours / n * 1000:.1f} ms, getscu {c_ref / n * 1000:.1f} ms")
+    fig["cpu_ms_per_image"] = {"ours": c_ours / n * 1000, "getscu": c_ref / n * 1000}
+    print(f"  ours, retrieval only (process start excluded): {n / statistics.median(internal):.1f} img/s")
+    fig["ours_internal_images_per_s"] = n / statistics.median(internal)
+    return fig
+
+
+def _start(cmd: list[str], ns: NetNs, port: int) -> subprocess.Popen:
+    p = subprocess.Popen(ns.cmd(*cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                         env={**os.environ, "TCP_NODELAY": "1"}, start_new_session=True)
+    ns.wait_port(port, proc=p)
+    return p
+
+
+def _stop(p: subprocess.Popen) -> None:
+    os.killpg(p.pid, signal.SIGTERM)
+    try:
+        p.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+
+
+def bench_ingest(ns: NetNs, files: list[Path], runs: int, work: Path, fsync: bool = True) -> dict:
+    n = len(files)
+    ours, ref, ours_rss, ref_rss = [], [], [], []
+    send = ["storescu", "-aet", "STORESCU", "-aec", "LISTENER", "127.0.0.1"]
+    for i in range(runs):
+        for who in (("ours", "ref") if i % 2 == 0 else ("ref", "ours")):
+            store = work / f"ingest-{who}-{i}"
+            shutil.rmtree(store, ignore_errors=True)
+            store.mkdir(parents=True)
+            if who == "ours":
+                srv = _start([sys.executable, "-m", "MedImgAILib", "listen", "--aet", "LISTENER", "--port", "11112",
+                              "--store", str(store), "--quiet-seconds", "3600", "--min-free-mb", "100"], ns, 11112)
+                dt, _, _ = _timed([*send, "11112", *map(str, files)], ns, env={"TCP_NODELAY": "1"})
+                _stop(srv)
+                ours.append(dt)
+                ours_rss.append(0)
+                assert len(list(store.glob("*/*/*.dcm"))) == n
+            else:
+                srv = _start(["storescp", "-aet", "LISTENER", "-od", str(store), "11113"], ns, 11113)
+                dt, _, _ = _timed([*send, "11113", *map(str, files)], ns, env={"TCP_NODELAY": "1"})
+                _stop(srv)
+                ref.append(dt)
+                ref_rss.append(0)
+                assert len(list(store.iterdir())) == n
+            shutil.rmtree(store, ignore_errors=True)
+    fig = _line("ingest (storescu -> listener)", ours, ref, n, [1], [1], "storescp")
+    fig["durable_write_ms"] = _durable_write_cost(files[0], work)
+    print(f"  durable write per instance on this disk (write + fdatasync + rename + fsync dir): "
+          f"{fig['durable_write_ms']['durable']:.1f} ms vs {fig['durable_write_ms']['plain']:.1f} ms without the flushes")
+    return fig
+
+
+def _durable_write_cost(sample: Path, work: Path, n: int = 50) -> dict[str, float]:
+    """What the listener's promise (on disk before success) costs per instance here."""
+    from MedImgAILib.pacs.storage import write_durably
+
+    data = sample.read_bytes()
+    d = work / "fsync-probe"
+    d.mkdir(exist_ok=True)
+    out = {}
+    for name, durable in (("plain", False), ("durable", True), ("plain", False), ("durable", True)):
+        t0 = time.perf_counter()
+        for i in range(n):
+            write_durably(d / f"{i}.dcm", data, durable=durable)
+        out.setdefault(name, []).append((time.perf_counter() - t0) / n * 1000)
+    shutil.rmtree(d)
+    return {k: statistics.median(v) for k, v in out.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--slices", type=int, default=200)
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args = ap.parse_args(argv)
+    for tool in ("Orthanc", "getscu", "storescu", "storescp", "ip"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed")
+    with tempfile.TemporaryDirectory(prefix="bench-pacs-") as tmp:
+        work = Path(tmp)
+        files = ct_series(work / "ct", args.slices, size=args.size, patient_id="BENCH001")
+        import pydicom
+
+        study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+        ns = NetNs.create(f"medimgai-bench-{os.getpid()}")
+        orthanc = Orthanc(ns, work / "orthanc", modalities={"getscu": ("GETSCU", "127.0.0.1", 1)})
+        try:
+            orthanc.start()
+            orthanc.upload(files)
+            print(f"{args.slices} CT slices {args.size}x{args.size}, {args.runs} alternating runs each, medians")
+            figures = [bench_retrieve(ns, orthanc, study_uid, len(files), args.runs, work)]
+            orthanc.stop()
+            figures.append(bench_ingest(ns, files, args.runs, work))
+        finally:
+            orthanc.stop()
+            ns.remove()
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

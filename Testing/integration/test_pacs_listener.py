@@ -1,0 +1,325 @@
+"""The listener (Storage SCP + query/retrieve) with DCMTK's storescu/findscu/getscu as independent
+clients, plus our own client: what a PACS routing studies to us, and the department, get."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from MedImgAILib.dicom.index import StudyIndex
+from MedImgAILib.pacs import client
+from MedImgAILib.pacs.errors import AssociationRejectedError
+from MedImgAILib.pacs.listener import Listener, ListenerConfig
+from MedImgAILib.pacs.settings import PacsSettings, TlsSettings
+from Testing.conftest import REPO, require_tool
+
+pytestmark = pytest.mark.integration
+
+
+def _sops(paths) -> set[str]:
+    return {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in paths}
+
+
+class Completed:
+    """Collects on_study_complete calls."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[Path]]] = []
+        self.event = threading.Event()
+
+    def __call__(self, study_uid: str, paths: list[Path]) -> None:
+        self.calls.append((study_uid, paths))
+        self.event.set()
+
+
+def _indexed_sops(index: StudyIndex, study_uid: str) -> set[str]:
+    return {i.sop_instance_uid for se in index.series(study_uid) for i in index.instances(se.series_instance_uid)}
+
+
+def _listener(tmp_path: Path, **kw) -> Listener:
+    cfg = ListenerConfig(aet=kw.pop("aet", "LISTENER"), port=0, store_dir=tmp_path / "store",
+                         quiet_seconds=kw.pop("quiet_seconds", 1.0), min_free_mb=kw.pop("min_free_mb", 1.0), **kw)
+    return cfg
+
+
+def storescu(port: int, files, *, aet: str = "STORESCU", called: str = "LISTENER") -> subprocess.CompletedProcess:
+    exe = require_tool("storescu")
+    return subprocess.run([exe, "-R", "-aet", aet, "-aec", called, "127.0.0.1", str(port), *map(str, files)],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "TCP_NODELAY": "1"})
+
+
+def test_storescu_study_is_stored_indexed_and_reported_complete_once(study, tmp_path):
+    done, index = Completed(), StudyIndex(tmp_path / "index.db")
+    # quiet period 2 s: longer than any gap between two instances of one storescu run, even loaded
+    with Listener(_listener(tmp_path, quiet_seconds=2.0), index=index, on_study_complete=done) as lst:
+        r = storescu(lst.port, study["files"])
+        assert r.returncode == 0, r.stderr
+        assert done.event.wait(20)
+        time.sleep(2.5)  # a second quiet period: no second report without new instances
+    assert len(done.calls) == 1
+    study_uid, paths = done.calls[0]
+    assert study_uid == study["study_uid"] and len(paths) == 14
+    assert _sops(paths) == _sops(study["files"]) == _indexed_sops(index, study["study_uid"])
+    assert {p.path for se in index.series(study["study_uid"]) for p in index.instances(se.series_instance_uid)} == {
+        str(p) for p in paths}
+    st = index.studies()
+    assert len(st) == 1 and st[0].number_of_instances == 14 and set(st[0].modalities) == {"CT", "SEG", "SR"}
+    for p in paths:  # store layout: <store>/<study>/<series>/<sop>.dcm
+        ds = pydicom.dcmread(p, stop_before_pixels=True)
+        assert p.relative_to(tmp_path / "store").parts == (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID + ".dcm")
+    src = pydicom.dcmread(study["files"][3])  # the real SEG, byte-for-byte pixel data
+    assert pydicom.dcmread(next(p for p in paths if p.stem == src.SOPInstanceUID)).PixelData == src.PixelData
+
+
+def test_duplicate_instances_are_idempotent(study, tmp_path):
+    done = Completed()
+    with Listener(_listener(tmp_path, quiet_seconds=4.0), on_study_complete=done) as lst:
+        assert storescu(lst.port, study["files"][:4]).returncode == 0
+        assert storescu(lst.port, study["files"][:4]).returncode == 0  # same instances again: success
+        assert done.event.wait(20)
+    assert len(list((tmp_path / "store").glob("*/*/*.dcm"))) == 4
+    assert len(done.calls) == 1 and len(done.calls[0][1]) == 4
+
+
+def test_calling_ae_not_allowed_is_rejected_naming_the_ae(study, tmp_path):
+    with Listener(_listener(tmp_path, allow=["STORESCU", "MEDIMGAI"])) as lst:
+        r = storescu(lst.port, study["files"][:1], aet="INTRUDER")
+        assert r.returncode != 0 and "Rejected" in (r.stdout + r.stderr)
+        s = PacsSettings(local_aet="INTRUDER")
+        with pytest.raises(AssociationRejectedError, match="calling AE 'INTRUDER'.*[Cc]alling AE title not recognised"):
+            client.echo(s.node(f"LISTENER@127.0.0.1:{lst.port}"), s)
+        s_ok = PacsSettings(local_aet="MEDIMGAI")
+        with pytest.raises(AssociationRejectedError, match="called AE 'WRONG'"):
+            client.echo(s_ok.node(f"WRONG@127.0.0.1:{lst.port}"), s_ok)
+        assert client.echo(s_ok.node(f"LISTENER@127.0.0.1:{lst.port}"), s_ok) > 0
+    assert not list((tmp_path / "store").glob("*/*/*.dcm"))
+
+
+def test_bounded_concurrent_associations(tmp_path):
+    s = PacsSettings()
+    with Listener(_listener(tmp_path, max_associations=1)) as lst:
+        node = s.node(f"LISTENER@127.0.0.1:{lst.port}")
+        from pynetdicom import build_context
+        from pynetdicom.sop_class import Verification
+
+        with client.associate(node, s, [build_context(Verification)]):
+            with pytest.raises(AssociationRejectedError, match="(?i)local limit exceeded"):
+                client.echo(node, s)
+        assert client.echo(node, s) > 0  # the slot is free again
+
+
+def test_disk_nearly_full_refuses_with_out_of_resources(study, tmp_path):
+    with Listener(_listener(tmp_path, min_free_mb=10**12)) as lst:  # "nearly full": less than 1 EB free
+        s = PacsSettings()
+        res = client.store(s.node(f"LISTENER@127.0.0.1:{lst.port}"), s, study["files"][:3])
+    assert res.sent == 0 and res.failed == 3 and all("0xA700" in e for e in res.errors)
+    assert not list((tmp_path / "store").rglob("*.dcm"))
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+@pytest.mark.parametrize("field,value", [
+    ("StudyInstanceUID", "../../../escaped"),
+    ("SeriesInstanceUID", "1.2/../../../escaped"),
+    ("SOPInstanceUID", ".."),
+    ("StudyInstanceUID", "/tmp/escaped"),
+])
+def test_malicious_uid_cannot_write_outside_the_store(study, tmp_path, field, value):
+    ds = pydicom.dcmread(study["files"][4])
+    setattr(ds, field, value)
+    if field == "SOPInstanceUID":
+        ds.file_meta.MediaStorageSOPInstanceUID = value
+    bad = tmp_path / "bad.dcm"
+    ds.save_as(bad)
+    before = set(tmp_path.parent.rglob("*escaped*"))
+    with Listener(_listener(tmp_path)) as lst:
+        s = PacsSettings()
+        node = s.node(f"LISTENER@127.0.0.1:{lst.port}")
+        res = client.store(node, s, [bad])
+        assert res.sent == 0 and res.failed == 1, res.errors
+        assert lst.received == 0 and lst.refused == 1
+        assert client.echo(node, s) > 0  # still serving
+    assert set(tmp_path.parent.rglob("*escaped*")) == before
+    assert not Path("/tmp/escaped").exists()
+    assert [p for p in (tmp_path / "store").rglob("*") if p.is_file()] == []
+
+
+def test_query_retrieve_with_dcmtk_findscu_getscu_and_our_client(study, tmp_path):
+    """The listener as embedded PACS: DCMTK and our client query and retrieve what it holds."""
+    with Listener(_listener(tmp_path)) as lst:
+        assert storescu(lst.port, study["files"]).returncode == 0
+        r = subprocess.run([require_tool("findscu"), "-S", "-aet", "FINDSCU", "-aec", "LISTENER",
+                            "-k", "QueryRetrieveLevel=STUDY", "-k", "StudyInstanceUID", "-k", "ModalitiesInStudy",
+                            "-k", "NumberOfStudyRelatedInstances", "-k", "NumberOfStudyRelatedSeries",
+                            "127.0.0.1", str(lst.port)], capture_output=True, text=True, timeout=60)
+        out = r.stdout + r.stderr
+        assert r.returncode == 0 and out.count("Find Response:") == 1  # one row per study, not per instance
+        assert "CT\\SEG\\SR" in out and "[14]" in out and "[5 ]" in out
+        gdir = tmp_path / "getscu"
+        gdir.mkdir()
+        r = subprocess.run([require_tool("getscu"), "-S", "-aet", "GETSCU", "-aec", "LISTENER",
+                            "-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={study['study_uid']}",
+                            "-k", f"SeriesInstanceUID={study['series']['CT:synthetic thin CT']}",
+                            "-od", str(gdir), "127.0.0.1", str(lst.port)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert len(list(gdir.iterdir())) == 8
+        s = PacsSettings()
+        node = s.node(f"LISTENER@127.0.0.1:{lst.port}")
+        st = client.find(node, s, "study", patient_name="JAN*")
+        assert len(st) == 1 and st[0]["modalities"] == ["CT", "SEG", "SR"] and st[0]["n_instances"] == 14
+        assert len(client.find(node, s, "series", study_uid=study["study_uid"])) == 5
+        assert [p["patient_id"] for p in client.find(node, s, "patient", patient_id="99000")] == ["99000"]
+        assert client.find(node, s, "study", study_date="20100101-") == []
+        res = client.retrieve(node, s, study["study_uid"], tmp_path / "ours")
+        assert res.complete and res.received == 14
+        assert _sops(res.paths) == _sops(study["files"])
+
+
+def test_c_move_from_listener_to_another_listener(study, tmp_path):
+    dest = Listener(ListenerConfig(aet="DEST", port=0, store_dir=tmp_path / "dest", min_free_mb=1)).start()
+    try:
+        with Listener(_listener(tmp_path, move_destinations={"DEST": ("127.0.0.1", dest.port)})) as src:
+            assert storescu(src.port, study["files"]).returncode == 0
+            s = PacsSettings()
+            node = s.node(f"LISTENER@127.0.0.1:{src.port}")
+            res = client.retrieve(node, s, study["study_uid"], tmp_path / "unused", method="move", move_destination="DEST")
+            assert res.complete and res.received == 14
+            bad = client.retrieve(node, s, study["study_uid"], tmp_path / "unused", method="move", move_destination="NOBODY")
+            assert not bad.complete and any("0xA801" in e for e in bad.errors)
+    finally:
+        dest.stop()
+    assert _sops((tmp_path / "dest").glob("*/*/*.dcm")) == _sops(study["files"])
+
+
+def test_tls_listener(study, tmp_path):
+    openssl = require_tool("openssl")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run([openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    tls = TlsSettings(cert=cert, key=key)
+    with Listener(_listener(tmp_path, tls=tls)) as lst:
+        s = PacsSettings.model_validate({"nodes": {"secure": {"aet": "LISTENER", "host": "127.0.0.1", "port": lst.port,
+                                                              "tls": {"ca": str(cert)}}}})
+        res = client.store(s.node("secure"), s, study["files"][:3])
+        assert res.sent == 3
+        from MedImgAILib.pacs.errors import PacsConnectionError
+
+        plain = PacsSettings(timeouts={"acse": 3})
+        with pytest.raises((PacsConnectionError, AssociationRejectedError)):
+            client.echo(plain.node(f"LISTENER@127.0.0.1:{lst.port}"), plain)
+    assert len(list((tmp_path / "store").glob("*/*/*.dcm"))) == 3
+
+
+# --- the listener process: kill -9 and SIGTERM ----------------------------------------------------
+def _start_listener_process(store: Path, quiet: float = 2.0) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "MedImgAILib", "listen", "--aet", "LISTENER", "--port", "0", "--store", str(store),
+         "--quiet-seconds", str(quiet), "--min-free-mb", "1", "--index", str(store.parent / "index.db")],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    line = proc.stdout.readline()
+    assert line, proc.stderr.read()
+    ev = json.loads(line)
+    assert ev["event"] == "listening"
+    return proc, ev["port"]
+
+
+def _send_and_interrupt(port: int, files: list[Path], after: int, interrupt) -> list[Path]:
+    """storescu the files; call ``interrupt()`` after ``after`` success responses. Returns the files
+    whose C-STORE was acknowledged with success (the listener's promise covers exactly those)."""
+    p = subprocess.Popen([require_tool("storescu"), "-v", "-aet", "STORESCU", "-aec", "LISTENER",
+                          "127.0.0.1", str(port), *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, env={**os.environ, "TCP_NODELAY": "1"})
+    acked, current, fired = [], None, False
+    for line in p.stdout:
+        if "Sending file:" in line:
+            current = Path(line.split("Sending file:", 1)[1].strip())
+        elif "Received Store Response" in line and "Success" in line and current is not None:
+            acked.append(current)
+            if len(acked) >= after and not fired:
+                interrupt()
+                fired = True
+    p.wait(timeout=60)
+    return acked
+
+
+def test_listener_killed_mid_study_keeps_every_acknowledged_instance(study, tmp_path):
+    from .study_data import ct_series
+
+    files = ct_series(tmp_path / "src", 80, size=128, patient_id="KILL01")
+    store = tmp_path / "store"
+    proc, port = _start_listener_process(store)
+    acked = _send_and_interrupt(port, files, 10, lambda: proc.send_signal(signal.SIGKILL))
+    proc.wait(timeout=10)
+    assert 10 <= len(acked) < len(files), "the kill must land mid-study"
+    on_disk = {p.stem: p for p in store.glob("*/*/*.dcm")}
+    for f in acked:  # every acknowledged instance is complete on disk
+        sop = str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
+        assert sop in on_disk
+        assert pydicom.dcmread(on_disk[sop]).PixelData == pydicom.dcmread(f).PixelData
+    # restart: the store is re-scanned (half-written temporaries dropped), everything acknowledged is
+    # indexed and queryable, and the never-reported study is reported complete
+    proc, port = _start_listener_process(store, quiet=1.0)
+    study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    acked_sops = _sops(acked)
+    assert acked_sops <= _indexed_sops(StudyIndex(tmp_path / "index.db"), study_uid)
+    try:
+        s = PacsSettings()
+        images = client.find(s.node(f"LISTENER@127.0.0.1:{port}"), s, "image", patient_id="KILL01")
+        assert acked_sops <= {r["sop_uid"] for r in images}
+        line = proc.stdout.readline()
+        ev = json.loads(line)
+        assert ev["event"] == "study-complete" and ev["instances"] >= len(acked)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert not list(store.glob("*/*/.incoming-*"))
+
+
+def test_sigterm_stops_cleanly_without_losing_instances(tmp_path):
+    from .study_data import ct_series
+
+    files = ct_series(tmp_path / "src", 40, size=128, patient_id="TERM01")
+    store = tmp_path / "store"
+    proc, port = _start_listener_process(store, quiet=30)
+    acked = _send_and_interrupt(port, files, 5, lambda: proc.send_signal(signal.SIGTERM))
+    rc = proc.wait(timeout=40)
+    out = proc.stdout.read()
+    assert rc == 0, proc.stderr.read()
+    assert '"event": "stopped"' in out
+    assert len(acked) >= 5
+    assert _sops(acked) <= {p.stem for p in store.glob("*/*/*.dcm")}
+    assert not list(store.glob("*/*/.incoming-*"))
+
+
+def test_embedded_pacs_serve_cli_then_find_and_get_cli(study, tmp_path):
+    """`medimgai pacs serve` is the demo's PACS: nothing beyond pip dependencies."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "MedImgAILib", "pacs", "serve", "--aet", "DEMOPACS", "--port", "0",
+         "--store", str(tmp_path / "pacs"), "--min-free-mb", "1"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        port = json.loads(proc.stdout.readline())["port"]
+        node = f"DEMOPACS@127.0.0.1:{port}"
+        cli = [sys.executable, "-m", "MedImgAILib", "pacs"]
+        r = subprocess.run([*cli, "store", node, *map(str, study["files"]), "--json"], cwd=REPO, capture_output=True, text=True)
+        assert r.returncode == 0 and json.loads(r.stdout)["sent"] == 14, r.stderr
+        r = subprocess.run([*cli, "find", node, "--level", "study", "--json"], cwd=REPO, capture_output=True, text=True)
+        assert json.loads(r.stdout)["records"][0]["n_instances"] == 14
+        r = subprocess.run([*cli, "get", node, study["study_uid"], "--out", str(tmp_path / "got"), "--json"], cwd=REPO,
+                           capture_output=True, text=True)
+        out = json.loads(r.stdout)
+        assert r.returncode == 0 and (out["received"], out["failed"], out["complete"]) == (14, 0, True)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0

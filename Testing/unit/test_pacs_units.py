@@ -1,0 +1,159 @@
+"""PACS building blocks without a network: settings, UID safety, durable store, C-FIND matching,
+record normalization."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from MedImgAILib.pacs.client import build_query, normalize
+from MedImgAILib.pacs.errors import PacsOperationError, PacsSettingsError, UnsafeUidError
+from MedImgAILib.pacs.qr import find_answers, select_instances
+from MedImgAILib.pacs.settings import load_settings
+from MedImgAILib.pacs.storage import TMP_PREFIX, InstanceStore, header_of, is_valid_uid
+from Testing.conftest import REPO
+
+EXAMPLE = REPO / "Resources" / "pacs" / "settings.example.toml"
+
+
+def test_example_settings_file_loads():
+    s = load_settings(EXAMPLE)
+    assert s.local_aet == "MEDIMGAI"
+    assert str(s.node("orthanc")) == "ORTHANC@127.0.0.1:4242"
+    assert s.node("hospital").tls is not None and s.node("hospital").tls.ca.name == "hospital-ca.pem"
+    assert s.listener.quiet_seconds == 30 and s.timeouts.dimse == 60
+
+
+def test_yaml_settings_and_inline_nodes(tmp_path):
+    p = tmp_path / "pacs.yaml"
+    p.write_text("local_aet: SITE_AI\ntimeouts: {dimse: 5}\nnodes:\n  main: {aet: PACS1, host: 10.0.0.5, port: 104}\n")
+    s = load_settings(p)
+    assert s.local_aet == "SITE_AI" and s.timeouts.dimse == 5
+    assert s.node("main").port == 104 and s.node("main").name == "main"
+    n = s.node("OTHER_AE@[::1]:11112")
+    assert (n.aet, n.host, n.port) == ("OTHER_AE", "::1", 11112)
+
+
+@pytest.mark.parametrize("text,match", [
+    ("nodes = 3", "nodes"),
+    ("[nodes.x]\naet = 'A'\nhost = 'h'\nport = 70000", "nodes.x.port"),
+    ("[nodes.x]\naet = 'WAY_TOO_LONG_AE_TITLE'\nhost = 'h'\nport = 1", "not a valid AE title"),
+    ("[timeouts]\ndimse = 'soon'", "timeouts.dimse"),
+    ("colour = 'blue'", "colour"),
+])
+def test_bad_settings_name_the_key(tmp_path, text, match):
+    p = tmp_path / "pacs.toml"
+    p.write_text(text)
+    with pytest.raises(PacsSettingsError, match=match):
+        load_settings(p)
+
+
+def test_unknown_node_lists_the_configured_ones():
+    s = load_settings(EXAMPLE)
+    with pytest.raises(PacsSettingsError, match="hospital, orthanc"):
+        s.node("nowhere")
+
+
+@pytest.mark.parametrize("uid,ok", [
+    ("1.2.840.10008.5.1.4.1.1.2", True), ("0", True), ("1.0.3", True),
+    ("", False), ("..", False), ("../../etc", False), ("1.2/3", False), ("1.02", False), ("1..2", False),
+    ("1.2.", False), ("1" * 65, False), ("1.2\x00", False), ("1.2 ", False), ("/abs", False),
+])
+def test_uid_validation(uid, ok):
+    assert is_valid_uid(uid) is ok
+
+
+def _instance(study="1.2.3", series="1.2.3.4", sop="1.2.3.4.5", **kw) -> tuple[Dataset, bytes]:
+    ds = pydicom.dcmread(pydicom.data.get_testdata_file("CT_small.dcm"))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = study, series, sop
+    ds.file_meta.MediaStorageSOPInstanceUID = sop
+    for k, v in kw.items():
+        setattr(ds, k, v)
+    import io
+
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return header_of(buf.getvalue()), buf.getvalue()
+
+
+def test_store_layout_duplicates_and_rescan(tmp_path):
+    store = InstanceStore(tmp_path)
+    ds, raw = _instance()
+    rec = store.put(ds, raw)
+    assert rec.path == tmp_path / "1.2.3" / "1.2.3.4" / "1.2.3.4.5.dcm"
+    store.put(ds, raw)  # a duplicate replaces atomically: one file, same bytes
+    assert [p.name for p in tmp_path.rglob("*.dcm")] == ["1.2.3.4.5.dcm"] and rec.path.read_bytes() == raw
+    (rec.path.parent / f"{TMP_PREFIX}deadbeef").write_bytes(raw[:100])  # a write cut short by a crash
+    again = InstanceStore(tmp_path)
+    assert [r.sop_uid for r, _ in again.scan()] == ["1.2.3.4.5"]
+    assert not list(tmp_path.rglob(f"{TMP_PREFIX}*"))
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI", "ignore:The value length")
+@pytest.mark.parametrize("kw", [{"study": "../x"}, {"series": "1.2/../../x"}, {"sop": ".."}, {"sop": "1." + "2" * 70}])
+def test_store_refuses_unsafe_uids(tmp_path, kw):
+    ds, raw = _instance(**kw)
+    with pytest.raises(UnsafeUidError, match="not a valid DICOM UID"):
+        InstanceStore(tmp_path / "s").put(ds, raw)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
+
+
+def _catalog(tmp_path: Path) -> InstanceStore:
+    store = InstanceStore(tmp_path)
+    rows = [("1.1", "1.1.1", "1.1.1.1", "CT", "DOE^JOHN", "20240101"), ("1.1", "1.1.1", "1.1.1.2", "CT", "DOE^JOHN", "20240101"),
+            ("1.1", "1.1.2", "1.1.2.1", "SEG", "DOE^JOHN", "20240101"), ("2.2", "2.2.1", "2.2.1.1", "MR", "ROE^JANE", "20230505")]
+    for study, series, sop, mod, name, date in rows:
+        ds, raw = _instance(study, series, sop, Modality=mod, PatientName=name, StudyDate=date, PatientID=name[:3])
+        store.put(ds, raw)
+    return store
+
+
+def _q(level: str, **kw) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for k, v in kw.items():
+        setattr(ds, k, v)
+    return ds
+
+
+def test_find_one_answer_per_study_with_computed_keys(tmp_path):
+    recs = _catalog(tmp_path).records()
+    ans = find_answers(recs, _q("STUDY", StudyInstanceUID="", ModalitiesInStudy="", NumberOfStudyRelatedInstances="",
+                                 NumberOfStudyRelatedSeries="", PatientName=""))
+    assert len(ans) == 2
+    a = {str(d.StudyInstanceUID): d for d in ans}
+    assert list(a["1.1"].ModalitiesInStudy) == ["CT", "SEG"]
+    assert (a["1.1"].NumberOfStudyRelatedInstances, a["1.1"].NumberOfStudyRelatedSeries) == (3, 2)
+    # wildcard (case-insensitive for names), date range, modality in study, UID list
+    assert len(find_answers(recs, _q("STUDY", StudyInstanceUID="", PatientName="doe*"))) == 1
+    assert len(find_answers(recs, _q("STUDY", StudyInstanceUID="", StudyDate="20231201-"))) == 1
+    assert len(find_answers(recs, _q("STUDY", StudyInstanceUID="", StudyDate="-20231231"))) == 1
+    assert len(find_answers(recs, _q("STUDY", StudyInstanceUID="", ModalitiesInStudy="SEG"))) == 1
+    assert len(find_answers(recs, _q("STUDY", StudyInstanceUID=["1.1", "2.2"]))) == 2
+    series = find_answers(recs, _q("SERIES", StudyInstanceUID="1.1", SeriesInstanceUID="", Modality="",
+                                   NumberOfSeriesRelatedInstances=""))
+    assert [(s.Modality, s.NumberOfSeriesRelatedInstances) for s in series] == [("CT", 2), ("SEG", 1)]
+    assert len(select_instances(recs, _q("SERIES", StudyInstanceUID="1.1", SeriesInstanceUID="1.1.1"))) == 2
+
+
+def test_normalize_deduplicates_per_instance_rows():
+    rows = []
+    for sop, mod in (("9.1", "CT"), ("9.2", "CT"), ("9.3", "SEG")):
+        ds = Dataset()
+        ds.StudyInstanceUID, ds.SOPInstanceUID, ds.Modality, ds.PatientID = "5.5", sop, mod, "P1"
+        ds.StudyDescription = "" if sop == "9.1" else "CHEST"
+        rows.append(ds)
+    out = normalize("study", rows)
+    assert out == [{"study_uid": "5.5", "patient_id": "P1", "study_description": "CHEST",
+                    "modalities": ["CT", "SEG"], "n_instances": 3}]
+
+
+def test_build_query_rejects_filters_that_do_not_apply():
+    assert build_query("series", {"modality": "CT"}).Modality == "CT"
+    with pytest.raises(PacsOperationError, match="does not apply at study level"):
+        build_query("study", {"sop_uid": "1.2"})
+    with pytest.raises(PacsOperationError, match="query level"):
+        build_query("frame", {})
