@@ -56,6 +56,7 @@ class RunOptions:
     roi_size: Optional[tuple[int, int, int]] = None  # (i, j, k)
     overlap: Optional[float] = None
     sw_batch_size: Optional[int] = None
+    blend_mode: Optional[str] = None  # "gaussian" | "constant"; None = the card's
     crop: Optional[str] = None  # "none" | "body" | "lungs"; None = the card's
     amp: Optional[bool] = None
     cpu_bf16: Optional[bool] = None
@@ -173,6 +174,8 @@ def _sliding_window_spec(card: ModelCard, opts: RunOptions) -> SlidingWindowSpec
         sw.overlap = opts.overlap
     if opts.sw_batch_size is not None:
         sw.sw_batch_size = opts.sw_batch_size
+    if opts.blend_mode is not None:
+        sw.mode = opts.blend_mode  # type: ignore[assignment]
     return sw
 
 
