@@ -191,6 +191,15 @@ def preprocess(volume: Volume, card: ModelCard, crop_mode: str) -> tuple[np.ndar
         if box is not None:
             src = geo.crop_volume(volume, box)
     grid = geo.model_grid(geo.Grid.of(src), card.input.orientation, card.input.target_spacing_mm)
+    if box is not None:
+        # put the crop's grid on the lattice of the uncropped model grid: the network then sees the
+        # same interpolated voxels with or without the crop, so the crop changes the work, not the answer
+        full = geo.model_grid(geo.Grid.of(volume), card.input.orientation, card.input.target_spacing_mm)
+        lin = full.affine[:3, :3]
+        idx = np.floor(np.linalg.solve(lin, grid.affine[:3, 3] - full.affine[:3, 3]) + 1e-6)
+        aff = grid.affine.copy()
+        aff[:3, 3] = full.affine[:3, 3] + lin @ idx
+        grid = geo.Grid(tuple(n + 1 for n in grid.shape_kji), aff)  # type: ignore[arg-type]
     arr = geo.resample(np.asarray(src.array, dtype=np.float32), geo.Grid.of(src), grid, interpolation="linear",
                        default=_background_value(card))
     intensity = card.input.intensity
