@@ -46,7 +46,7 @@ def test_infer_cli_finds_the_nodules_of_a_dicom_phantom_series(tmp_path):
     # the 1.0.0 weights are weak (card: ~28 FP/scan on fresh phantoms); this bound records that level
     # so that a regression shows, and must come down to ~1 with a better model
     assert sc["false_positives"] <= 40, sc
-    # volumes: the card reports a median |error| of ~24 %, single nodules are off by up to ~80 %
+    # volumes: the card reports a median |error| of ~45 %; single nodules are off by up to ~80 %
     assert all(n["predicted_volume_mm3"] > 0.1 * n["volume_mm3"] for n in sc["nodules"]), sc
 
 
