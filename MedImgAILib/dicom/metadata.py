@@ -297,6 +297,8 @@ def extract_metadata(ds: Any, number_of_instances: int | None = None) -> SeriesM
                 source="(0040,0275) RequestAttributesSequence/ReasonForTheRequestedProcedure",
                 missing=False,
             )
+    if indication.missing:  # some sites and our phantoms carry the indication as the admitting diagnosis
+        indication = _tagged(ds, "AdmittingDiagnosesDescription", _text)
     study = StudyInfo(
         study_instance_uid=_tagged(ds, "StudyInstanceUID", _text),
         study_date=_tagged(ds, "StudyDate", _iso_date),

@@ -157,7 +157,12 @@ def read_corrections(
         for axis in ("long", "short"):
             node = lines.get(f.id, {}).get(axis)
             ai_ends = f.long_axis_lps_mm if axis == "long" else f.short_axis_lps_mm
-            if node is not None and _moved(_line_ends_lps(node), ai_ends):
+            # a line the reader moved differs from the AI's axis and, after a segment edit, also from
+            # the re-measured axis (the review session puts lines there after re-measuring)
+            refs = [ai_ends]
+            if "segmentation" in rec.what_changed:
+                refs.append(new.long_axis_lps_mm if axis == "long" else new.short_axis_lps_mm)
+            if node is not None and all(_moved(_line_ends_lps(node), r) for r in refs):
                 ends = _line_ends_lps(node)
                 length = float(np.linalg.norm(np.subtract(ends[1], ends[0])))
                 if axis == "long":

@@ -52,10 +52,18 @@ class OffscreenSliceView:
         for m in _MANAGERS:
             if not factory.IsDisplayableManagerRegistered(m):
                 factory.RegisterDisplayableManager(m)
+        # Two layers, as in Slicer's slice view: the slice image below, the displayable managers'
+        # overlays above. In one renderer the segment fill (a 2D image mapper, which writes its
+        # alpha-weighted colour without blending) would replace the image instead of tinting it.
+        self.image_renderer = vtk.vtkRenderer()
+        self.image_renderer.SetLayer(0)
         self.renderer = vtk.vtkRenderer()
+        self.renderer.SetLayer(1)
         self.window = vtk.vtkRenderWindow()
         self.window.SetOffScreenRendering(1)
         self.window.SetMultiSamples(0)
+        self.window.SetNumberOfLayers(2)
+        self.window.AddRenderer(self.image_renderer)
         self.window.AddRenderer(self.renderer)
         self.window.SetSize(*size)
         # the markups widgets need an interactor even when nobody interacts
@@ -77,7 +85,7 @@ class OffscreenSliceView:
         actor = vtk.vtkActor2D()
         actor.SetMapper(self.mapper)
         actor.GetProperty().SetDisplayLocationToBackground()
-        self.renderer.AddViewProp(actor)
+        self.image_renderer.AddViewProp(actor)
         self.size = size
 
     def render(

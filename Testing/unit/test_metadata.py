@@ -36,3 +36,11 @@ def test_mr_parameters_and_body_part_codes():
     assert md.acquisition.echo_time_ms.value is not None
     assert md.series.body_part_snomed.value == "SCT:69536005 Head"
     assert md.series.body_part_snomed.source.startswith("derived:")
+
+
+def test_indication_falls_back_to_the_admitting_diagnosis():
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"), stop_before_pixels=True)
+    ds.AdmittingDiagnosesDescription = "lung cancer screening"
+    md = extract_metadata(ds)
+    assert md.study.indication.value == "lung cancer screening"
+    assert "AdmittingDiagnosesDescription" in md.study.indication.source

@@ -1,0 +1,98 @@
+"""Export: DICOM SEG, SR TID 1500 and key images (Secondary Capture) that reference the source
+series and each other:
+
+- SEG -> source images (per frame, Source Image Sequence) and, at series level, the SR and key-image
+  series (Related Series Sequence);
+- SR -> each SEG segment it measures (ReferencedSegment, by segment number and tracking UID), the
+  source series, and SEG + source + key images as evidence;
+- key images -> their source slice (Source Image Sequence) and the SEG and SR series.
+
+``export_study`` writes all three into a folder atomically (temp names, then renames; on any error
+nothing looks final).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+from ..results import Finding
+from ..volume import Volume
+from .common import DeviceInfo, ExportUIDs, source_datasets, write_atomic
+from .key_images import build_key_images, render_key_image, write_key_images
+from .seg import SegmentSpec, build_seg, segments_from_findings, segments_from_labels, write_seg
+from .sr import build_sr, write_sr
+
+
+@dataclass
+class ExportedObjects:
+    seg: Optional[Path]
+    sr: Path
+    key_images: list[Path] = field(default_factory=list)
+    uids: ExportUIDs = field(default_factory=ExportUIDs)
+
+
+def export_study(
+    out_dir: str | os.PathLike[str],
+    image: Volume,
+    instance_map: np.ndarray,
+    findings: Sequence[Finding],
+    sources: Sequence[Dataset | str | os.PathLike[str]],
+    device: DeviceInfo,
+    *,
+    label_specs: Sequence = (),
+    study_measurements: Optional[Mapping[str, float]] = None,
+    person_observer: Optional[str] = None,
+    key_images: bool = True,
+) -> ExportedObjects:
+    """SEG (one segment per finding: its ``instance_value`` voxels in ``instance_map``), SR and key images
+    into ``out_dir`` as seg.dcm, sr.dcm and key_images/key_NNN.dcm."""
+    out = Path(out_dir)
+    uids = ExportUIDs()
+    srcs = source_datasets(sources, image)
+    seg = None
+    if findings:  # a study without findings gets an SR that says so, and no SEG
+        segments = segments_from_findings(findings, label_specs)
+        seg = build_seg(
+            image.with_array(instance_map), srcs, segments, device, uids,
+            related_series=[uids.sr_series] + ([uids.key_image_series] if key_images else []),
+        )
+    kis = (
+        build_key_images(image, findings, srcs, device, uids, instance_map=instance_map,
+                         related_series=[uids.seg_series, uids.sr_series])
+        if key_images
+        else []
+    )
+    sr = build_sr(findings, seg, srcs, device, uids, study_measurements=study_measurements,
+                  person_observer=person_observer, extra_evidence=kis,
+                  absent_finding=label_specs[0].finding_code if label_specs else None)
+    # everything is built before anything is written: a failing build leaves nothing behind
+    ki_paths = write_key_images(kis, out / "key_images") if kis else []
+    seg_path = write_seg(seg, out / "seg.dcm") if seg is not None else None
+    sr_path = write_sr(sr, out / "sr.dcm")
+    return ExportedObjects(seg=seg_path, sr=sr_path, key_images=ki_paths, uids=uids)
+
+
+__all__ = [
+    "DeviceInfo",
+    "ExportUIDs",
+    "ExportedObjects",
+    "SegmentSpec",
+    "build_key_images",
+    "build_seg",
+    "build_sr",
+    "export_study",
+    "render_key_image",
+    "segments_from_findings",
+    "segments_from_labels",
+    "source_datasets",
+    "write_atomic",
+    "write_key_images",
+    "write_seg",
+    "write_sr",
+]
