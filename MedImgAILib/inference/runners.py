@@ -56,6 +56,7 @@ class RunOptions:
     roi_size: Optional[tuple[int, int, int]] = None  # (i, j, k)
     overlap: Optional[float] = None
     sw_batch_size: Optional[int] = None
+    blend_mode: Optional[str] = None  # "gaussian" | "constant"; None = the card's
     crop: Optional[str] = None  # "none" | "body" | "lungs"; None = the card's
     amp: Optional[bool] = None
     cpu_bf16: Optional[bool] = None
@@ -173,6 +174,8 @@ def _sliding_window_spec(card: ModelCard, opts: RunOptions) -> SlidingWindowSpec
         sw.overlap = opts.overlap
     if opts.sw_batch_size is not None:
         sw.sw_batch_size = opts.sw_batch_size
+    if opts.blend_mode is not None:
+        sw.mode = opts.blend_mode  # type: ignore[assignment]
     return sw
 
 
@@ -188,6 +191,15 @@ def preprocess(volume: Volume, card: ModelCard, crop_mode: str) -> tuple[np.ndar
         if box is not None:
             src = geo.crop_volume(volume, box)
     grid = geo.model_grid(geo.Grid.of(src), card.input.orientation, card.input.target_spacing_mm)
+    if box is not None:
+        # put the crop's grid on the lattice of the uncropped model grid: the network then sees the
+        # same interpolated voxels with or without the crop, so the crop changes the work, not the answer
+        full = geo.model_grid(geo.Grid.of(volume), card.input.orientation, card.input.target_spacing_mm)
+        lin = full.affine[:3, :3]
+        idx = np.floor(np.linalg.solve(lin, grid.affine[:3, 3] - full.affine[:3, 3]) + 1e-6)
+        aff = grid.affine.copy()
+        aff[:3, 3] = full.affine[:3, 3] + lin @ idx
+        grid = geo.Grid(tuple(n + 1 for n in grid.shape_kji), aff)  # type: ignore[arg-type]
     arr = geo.resample(np.asarray(src.array, dtype=np.float32), geo.Grid.of(src), grid, interpolation="linear",
                        default=_background_value(card))
     intensity = card.input.intensity

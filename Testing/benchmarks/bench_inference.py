@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
-VARIANTS = ("plain", "engine", "engine-bf16")
+VARIANTS = ("plain", "engine", "engine-bf16", "engine-tiled")
 
 
 def _rss_mb() -> float:
@@ -95,8 +95,13 @@ def child(variant: str, data: Path, out: Path, device: str, weights: str | None)
         labels = run_plain(volume, card, runner.load_network().eval(), device)
         timings = {}
     else:
+        # engine-tiled: the lung crop and the rest of the engine, but plain's tiling and blending, to
+        # separate what the crop changes from what the single window changes
+        tiled = variant == "engine-tiled"
         res = run_model(card, volume, device=device, runner=runner,
-                        options=RunOptions(return_probabilities=False, cpu_bf16=variant == "engine-bf16"))
+                        options=RunOptions(return_probabilities=False, cpu_bf16=variant == "engine-bf16",
+                                           single_window_max_voxels=0 if tiled else None,
+                                           blend_mode="constant" if tiled else None, sw_batch_size=1 if tiled else None))
         labels, timings = res.labels.array, res.timings_s
     seconds = time.perf_counter() - t0
     np.save(out, labels)
