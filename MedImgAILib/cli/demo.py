@@ -39,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
     from ..pacs.client import find, store
     from ..pacs.listener import Listener, ListenerConfig
     from ..pacs.settings import Node, PacsSettings
-    from ..phantoms import NoduleSpec, PhantomSpec, write_phantom_series
-    from ..phantoms.spec import AcquisitionSpec, StudyContext
+    from ..phantoms import NoduleSpec, write_phantom_series
+    from ..phantoms.spec import spec_from_preset
     from ..pipeline import AnalysisOptions, analyze
     from .analyze import print_result
 
@@ -52,17 +52,18 @@ def run(args: argparse.Namespace) -> int:
     timings: dict[str, float] = {}
 
     t = _step(console, "Writing a phantom low-dose chest CT (screening) with nodules of known size")
-    spec = PhantomSpec(
+    # the ACR-STR low-dose screening acquisition (the ldct-screening preset), 64-year-old, baseline
+    spec = spec_from_preset(
+        "ldct-screening",
         seed=args.seed,
         nodules=[
-            NoduleSpec(type="solid", diameter_mm=5.0, side="right"),
-            NoduleSpec(type="solid", diameter_mm=7.0, side="left"),
-            NoduleSpec(type="solid", diameter_mm=11.0, side="right"),
-            NoduleSpec(type="solid", diameter_mm=17.0, side="left"),
+            NoduleSpec(type="solid", diameter_mm=5.0, side="right").model_dump(),
+            NoduleSpec(type="solid", diameter_mm=7.0, side="left").model_dump(),
+            NoduleSpec(type="solid", diameter_mm=11.0, side="right").model_dump(),
+            NoduleSpec(type="solid", diameter_mm=17.0, side="left").model_dump(),
         ],
-        acquisition=AcquisitionSpec(matrix=args.matrix, slice_thickness_mm=args.slice_thickness, fov_mm=360.0,
-                                    tube_current_ma=60.0, kernel="soft"),
-        study=StudyContext(indication="Lung cancer screening, baseline", patient_age_years=64),
+        acquisition={"matrix": args.matrix, "slice_thickness_mm": args.slice_thickness, "fov_mm": 360.0},
+        study={"patient_age_years": 64},
     )
     case = write_phantom_series(spec, out / "study", keep_volume=False)
     timings["phantom"] = time.perf_counter() - t
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         table.add_column(col)
     for s in series:
         table.add_row(s.get("modality", ""), str(s.get("series_number", "")), s.get("series_description", ""),
-                      str(s.get("number_of_instances", s.get("instances", ""))))
+                      str(s.get("n_instances", "")))
     console.print(table)
     _compare_with_truth(console, case.truth, result)
     tt = Table(title="Time per step (s)")
