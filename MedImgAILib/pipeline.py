@@ -380,22 +380,9 @@ def _owned_model(card: Any, opts: AnalysisOptions) -> Any:
 
 
 def label_specs_for(card: Any) -> list[Any]:
-    from .findings.extract import LabelSpec
-    from .results import Code
+    from .findings.extract import label_specs_from_card
 
-    lung = "39607008"
-    specs = []
-    for lab in card.labels:
-        region = lab.anatomic_region
-        specs.append(LabelSpec(
-            value=lab.value, name=lab.name,
-            finding_code=Code(value=lab.type.value, scheme=lab.type.scheme, meaning=lab.type.meaning),
-            category_code=Code(value=lab.category.value, scheme=lab.category.scheme, meaning=lab.category.meaning),
-            site_code=Code(value=region.value, scheme=region.scheme, meaning=region.meaning) if region else None,
-            min_size_mm3=float(getattr(lab, "min_volume_mm3", 0.0) or getattr(card, "min_lesion_volume_mm3", 0.0) or 0.0),
-            is_lung_lesion=card.body_region.value == lung and lab.type.value == "27925004",
-        ))
-    return specs
+    return label_specs_from_card(card)
 
 
 def _findings(card: Any, volume: Volume, inference: Any) -> tuple[list[Any], np.ndarray]:

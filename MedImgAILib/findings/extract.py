@@ -8,7 +8,7 @@ itself (for HU statistics, the solid core and the body midline), optionally a pr
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Optional, Sequence
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -393,3 +393,20 @@ def iter_label_specs(labels: Mapping[int, str] | Iterable[LabelSpec]) -> list[La
     if isinstance(labels, Mapping):
         return [LabelSpec(value=int(v), name=str(n)) for v, n in labels.items()]
     return list(labels)
+
+
+def label_specs_from_card(card: Any) -> list[LabelSpec]:
+    """What each label of a model card means to the findings stage (codes, minimum size, lung lesion)."""
+    lung = LUNG.value
+    specs = []
+    for lab in card.labels:
+        region = lab.anatomic_region
+        specs.append(LabelSpec(
+            value=lab.value, name=lab.name,
+            finding_code=Code(value=lab.type.value, scheme=lab.type.scheme, meaning=lab.type.meaning),
+            category_code=Code(value=lab.category.value, scheme=lab.category.scheme, meaning=lab.category.meaning),
+            site_code=Code(value=region.value, scheme=region.scheme, meaning=region.meaning) if region else None,
+            min_size_mm3=float(getattr(lab, "min_volume_mm3", 0.0) or getattr(card, "min_lesion_volume_mm3", 0.0) or 0.0),
+            is_lung_lesion=card.body_region.value == lung and lab.type.value == "27925004",
+        ))
+    return specs

@@ -510,9 +510,32 @@ def register_detector(model_id: str, factory: Callable[[], Detector]) -> None:
     _DETECTORS[model_id] = factory
 
 
+def model_detector(model_id: str, device: str | None = None) -> Detector:
+    """A model card's model as a sweep detector: inference, then the findings stage, exactly as the
+    pipeline measures (so the sweep shows what the department would get)."""
+    from ..findings.extract import extract_findings, label_specs_from_card
+    from ..inference.engine import run_model
+    from ..models.registry import get_card
+
+    card = get_card(model_id)
+    specs = label_specs_from_card(card)
+
+    def detect(volume: Volume) -> list[Finding]:
+        vol = volume if volume.modality else volume.with_array(volume.array, modality=card.modality)
+        out = run_model(card, vol, device=device)
+        probs = out.prediction.probabilities
+        return extract_findings(out.labels, vol, probs if probs is not None and probs.array.shape == vol.array.shape else None, specs)
+
+    return detect
+
+
 def resolve_detector(model_id: str) -> Detector:
     if model_id in _DETECTORS:
         return _DETECTORS[model_id]()
+    from ..models.registry import list_cards
+
+    if model_id in {c.id for c in list_cards()}:
+        return model_detector(model_id)
     raise ModelError(
         f"model {model_id!r} is not available to the sweep; available: {', '.join(sorted(_DETECTORS))} "
         "(a model becomes available when the inference stage registers it with register_detector)"

@@ -139,3 +139,22 @@ def test_sweep_cli_errors_are_one_line(tmp_path):
                         "--vary", "thickness=1", "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
     assert p.returncode == 2
     assert p.stderr.strip().startswith("medimgai: --vary 'thickness'") and "\n" not in p.stderr.strip()
+
+
+def test_a_shipped_model_card_is_a_sweep_detector(tmp_path):
+    """``protocol sweep --model ct-lung-nodule`` runs the real model and the real findings stage."""
+    from MedImgAILib.phantoms import NoduleSpec, PhantomSpec, generate_phantom
+    from MedImgAILib.phantoms.spec import AcquisitionSpec
+    from MedImgAILib.protocols.sweep import resolve_detector
+
+    case = generate_phantom(PhantomSpec(seed=4, nodules=[NoduleSpec(diameter_mm=14.0, side="right")],
+                                        acquisition=AcquisitionSpec(matrix=160, fov_mm=340.0, slice_thickness_mm=2.5)))
+    detect = resolve_detector("ct-lung-nodule")
+    vol = case.volume.with_array(case.volume.array, modality="CT")
+    findings = detect(vol)
+    truth = case.truth["nodules"][0]
+    import numpy as np
+
+    assert findings and all(f.volume_mm3 and f.mean_diameter_mm for f in findings)
+    nearest = min(np.linalg.norm(np.subtract(f.center_lps_mm, truth["center_lps_mm"])) for f in findings)
+    assert nearest < truth["diameter_mm"] / 2
