@@ -187,3 +187,27 @@ def test_listener_triggers_analysis_when_orthanc_routes_a_study(orthanc, in_ns, 
     after = client.find(s.node(orthanc.node), s, "series", study_uid=study_uid)
     new = [x for x in after if x["series_uid"] not in before]
     assert {x.get("modality") for x in new} >= {"SEG", "SR"}
+
+
+def test_a_t1_mr_series_goes_to_the_hippocampus_model_and_out_as_seg_and_sr(tmp_path):
+    """An MR head T1 (written as a sagittal DICOM series) is matched to mr-hippocampus by its metadata,
+    and the volumes reach findings.json, the SEG and the SR unchanged."""
+    from MedImgAILib.dicom.mr_series_writer import write_mr_series
+    from MedImgAILib.models.hippodeep.inputs import load_t1
+
+    from Testing.conftest import shared_dir
+
+    hd = shared_dir() / "models" / "hippodeep"
+    t1 = load_t1(hd / "example_brain_t1.nii.gz")
+    write_mr_series(t1, tmp_path / "t1", "sagittal")
+    out = tmp_path / "out"
+    result = analyze(tmp_path / "t1", out, AnalysisOptions(weights_dir=str(hd), device="cpu"))
+    assert result.model.id == "mr-hippocampus"
+    m = result.study_measurements
+    assert m["etiv_mm3"] == pytest.approx(1439994.390625, rel=0.005)
+    assert m["hippocampus_left_mm3"] == pytest.approx(3160.5540199279785, rel=0.005)
+    assert m["hippocampus_right_mm3"] == pytest.approx(3343.7832136154175, rel=0.005)
+    assert [f.label for f in result.findings] == ["Left hippocampus", "Right hippocampus"]
+    for p in (result.outputs.seg, result.outputs.sr):
+        assert p and _dciodvfy_errors(p) == [], p
+    assert json.loads((out / "findings.json").read_text())["study_measurements"]["hippocampal_fraction_of_etiv"] > 0
