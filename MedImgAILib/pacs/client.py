@@ -33,11 +33,7 @@ from pydicom.uid import (
 from pynetdicom import AE, _config, build_context, build_role, evt
 from pynetdicom import sop_class as sc
 from pynetdicom.association import Association
-from pynetdicom.dsutils import create_file_meta
 from pynetdicom.status import code_to_category
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
-from pydicom.uid import UID
 
 from .errors import (
     AssociationRejectedError,
@@ -512,17 +508,6 @@ def _store_handler(store: InstanceStore, progress: _Progress, node: Node) -> Cal
     return handle
 
 
-_PREAMBLE = b"\0" * 128 + b"DICM"
-
-
-def _part10_head(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
-    """Preamble and File Meta Information for a received dataset (as pynetdicom writes them)."""
-    buf = DicomBytesIO()
-    write_file_meta_info(buf, create_file_meta(
-        sop_class_uid=UID(sop_class), sop_instance_uid=UID(sop_instance), transfer_syntax=UID(transfer_syntax)))
-    return _PREAMBLE + buf.getvalue()
-
-
 def _run_sync_get(
     node: Node,
     settings: PacsSettings,
@@ -543,7 +528,7 @@ def _run_sync_get(
         if cx is None or not cx.transfer_syntax:
             return 0xC210
         ts = str(cx.transfer_syntax[0])
-        encoded = b"".join([_part10_head(sop_class or cx.abstract_syntax, sop_instance, ts), *fragments])
+        encoded = b"".join([syncget.part10_head(sop_class or cx.abstract_syntax, sop_instance, ts), *fragments])
         return _store_encoded(store, progress, node, encoded, ts)
 
     failed = False

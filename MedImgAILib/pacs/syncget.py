@@ -27,10 +27,12 @@ from io import BytesIO
 from typing import Any, Callable
 
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
 from pynetdicom.dimse_messages import C_GET_RQ
 from pynetdicom.dimse_primitives import C_GET
-from pynetdicom.dsutils import encode
+from pynetdicom.dsutils import create_file_meta, encode
 from pynetdicom.pdu import P_DATA_TF
 
 # group 0000 elements used here (PS3.7 E.1)
@@ -55,9 +57,10 @@ InstanceHandler = Callable[[int, str, str, list[memoryview]], int]
 class SyncGetError(Exception):
     """The exchange ended abnormally; ``timeout`` tells a DIMSE timeout from a peer abort/close."""
 
-    def __init__(self, message: str, *, timeout: bool = False) -> None:
+    def __init__(self, message: str, *, timeout: bool = False, abort: bool = False) -> None:
         super().__init__(message)
         self.timeout = timeout
+        self.abort = abort  # the exchange is out of step: the association must be aborted
 
 
 @dataclass
@@ -82,6 +85,17 @@ def parse_command(data: bytes | bytearray | memoryview) -> dict[int, bytes]:
         out[elem] = bytes(mv[off:off + length])
         off += length
     return out
+
+
+_PREAMBLE = b"\0" * 128 + b"DICM"
+
+
+def part10_head(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
+    """Preamble and File Meta Information for a received dataset (as pynetdicom writes them)."""
+    buf = DicomBytesIO()
+    write_file_meta_info(buf, create_file_meta(
+        sop_class_uid=UID(sop_class), sop_instance_uid=UID(sop_instance), transfer_syntax=UID(transfer_syntax)))
+    return _PREAMBLE + buf.getvalue()
 
 
 def _us(value: bytes | None) -> int | None:
@@ -139,9 +153,11 @@ class ReactorHold:
     (it stops polling) while this thread drives the socket; both resume on exit. Needs the DUL to
     have been tuned by :func:`MedImgAILib.pacs.client.tune_association` (``_medimgai_hold``)."""
 
-    def __init__(self, assoc: Any) -> None:
+    def __init__(self, assoc: Any, *, pause_association: bool = True) -> None:
         self.assoc = assoc
         self.hold = getattr(assoc.dul, "_medimgai_hold", None)
+        # an acceptor whose association reactor has not started yet has nothing to pause
+        self.pause_association = pause_association
 
     @property
     def possible(self) -> bool:
@@ -149,11 +165,12 @@ class ReactorHold:
 
     def __enter__(self) -> "ReactorHold":
         assoc, hold = self.assoc, self.hold
-        # the association reactor waits on its checkpoint (as pynetdicom's own send_c_get does)
-        assoc._reactor_checkpoint.clear()
-        deadline = time.monotonic() + 10
-        while not assoc._is_paused and time.monotonic() < deadline:
-            time.sleep(0.0005)
+        if self.pause_association:
+            # the association reactor waits on its checkpoint (as pynetdicom's own send_c_get does)
+            assoc._reactor_checkpoint.clear()
+            deadline = time.monotonic() + 10
+            while not assoc._is_paused and time.monotonic() < deadline:
+                time.sleep(0.0005)
         hold.held.clear()
         hold.resume.clear()
         hold.active = True
@@ -168,16 +185,17 @@ class ReactorHold:
         hold.active = False
         hold.resume.set()
         hold.poke()
-        self.assoc._reactor_checkpoint.set()
+        if self.pause_association:
+            self.assoc._reactor_checkpoint.set()
 
 
-class SyncGet:
-    """One C-GET on an established (and held) association."""
+class _Wire:
+    """Blocking PDU reads on a held association's socket, with a timeout."""
 
-    def __init__(self, assoc: Any, dimse_timeout: float | None) -> None:
+    def __init__(self, assoc: Any, timeout: float | None) -> None:
         self.assoc = assoc
         self.sock: socket.socket = assoc.dul.socket.socket
-        self.timeout = dimse_timeout
+        self.timeout = timeout
 
     # -- socket -----------------------------------------------------------------------------
     def _wait_readable(self) -> None:
@@ -216,6 +234,29 @@ class SyncGet:
             if head:
                 return head[0]
             self._wait_readable()
+
+    def _peek(self, n: int) -> bytes:
+        """The next ``n`` bytes without consuming them (fewer only if the peer closed)."""
+        while True:
+            try:
+                data = self.sock.recv(n, socket.MSG_PEEK)
+            except (BlockingIOError, socket.timeout):
+                data = None
+            if data is not None and (len(data) >= n or data == b""):
+                return data
+            if data:  # part of it is there: the rest is on its way
+                time.sleep(0.0002)
+            else:
+                self._wait_readable()
+
+    def _read_pdu(self) -> memoryview:
+        header = self._read_exact(6)
+        (length,) = struct.unpack_from(">I", header, 2)
+        return memoryview(self._read_exact(length))
+
+
+class SyncGet(_Wire):
+    """One C-GET on an established (and held) association."""
 
     # -- the exchange -----------------------------------------------------------------------
     def run(
@@ -273,9 +314,8 @@ class SyncGet:
             if pdu_type != 0x04:
                 kind = {0x05: "released", 0x07: "aborted"}.get(pdu_type, f"sent PDU type 0x{pdu_type:02X} during")
                 raise SyncGetError(f"peer {kind} the association" if pdu_type in (5, 7) else f"peer {kind} C-GET")
-            header = self._read_exact(6)
-            (length,) = struct.unpack_from(">I", header, 2)
-            body = memoryview(self._read_exact(length))
+            body = self._read_pdu()
+            length = len(body)
             off = 0
             while off + 6 <= length:
                 (item_len,) = struct.unpack_from(">I", body, off)
@@ -332,3 +372,67 @@ class SyncGet:
             out.final_status = status
             return True
         raise SyncGetError(f"peer sent an unexpected DIMSE message (command 0x{field_ or 0:04X}) during C-GET")
+
+
+#: called with (context_id, sop_class_uid, sop_instance_uid, dataset fragments); returns a status
+StoreHandler = InstanceHandler
+
+
+class SyncStoreSCP(_Wire):
+    """Serves C-STORE requests on an accepted (and held) association from the association's thread,
+    for as long as the peer sends C-STORE-RQs: a PDU that is not P-DATA (release, abort), a message
+    that is not a C-STORE-RQ (echo, find, get, move...) or a command set split over several
+    fragments is left unread (peeked) for pynetdicom, which then serves the rest of the association.
+    Returns the number of instances served."""
+
+    def serve(self, on_store: StoreHandler, stop: Callable[[], bool] = lambda: False) -> int:
+        served = 0
+        while not stop():
+            if not self._next_is_store_request():
+                return served
+            cmd: dict[int, bytes] | None = None
+            cmd_cx = 0
+            fragments: list[memoryview] = []
+            finished = False
+            while not finished:
+                if self._peek(1)[:1] != b"\x04":  # abort/release/close in the middle of a message
+                    raise SyncGetError("peer ended the association during a C-STORE")
+                body = self._read_pdu()
+                off, length = 0, len(body)
+                while off + 6 <= length and not finished:
+                    (item_len,) = struct.unpack_from(">I", body, off)
+                    context_id, control = body[off + 4], body[off + 5]
+                    data = body[off + 6:off + 4 + item_len]
+                    off += 4 + item_len
+                    if control & 0x01:
+                        cmd, cmd_cx = parse_command(data), context_id
+                    else:
+                        fragments.append(data)
+                        finished = bool(control & 0x02)
+                if off != length:  # malformed, or the next message shares this PDU: not ours to split
+                    raise SyncGetError("P-DATA-TF PDU not understood", abort=True)
+            if cmd is None:
+                raise SyncGetError("dataset without a command", abort=True)
+            sop_class = _uid(cmd.get(_AFFECTED_SOP_CLASS))
+            sop_instance = _uid(cmd.get(_AFFECTED_SOP_INSTANCE))
+            status = on_store(cmd_cx, sop_class, sop_instance, fragments)
+            self.sock.sendall(store_response(cmd_cx, _us(cmd.get(_MESSAGE_ID)) or 0, sop_class, sop_instance, status))
+            served += 1
+        return served
+
+    def _next_is_store_request(self) -> bool:
+        """Whether the next PDU starts a C-STORE-RQ whose whole command set is in its first PDV."""
+        if self._peek(1)[:1] != b"\x04":  # release, abort (10 bytes: never wait for 12) or closed
+            return False
+        head = self._peek(12)
+        if len(head) < 12:
+            return False
+        (item_len,) = struct.unpack_from(">I", head, 6)
+        control = head[11]
+        if not (control & 0x01 and control & 0x02) or item_len > 16384:
+            return False
+        item = self._peek(10 + item_len)
+        if len(item) < 10 + item_len:
+            return False
+        cmd = parse_command(memoryview(item)[12:])
+        return _us(cmd.get(_COMMAND_FIELD)) == C_STORE_RQ_FIELD and _us(cmd.get(_DATASET_TYPE)) != _NO_DATASET
