@@ -83,8 +83,9 @@ class Node(_Model):
     tls: TlsSettings | None = None
     #: C-GET (default) or C-MOVE for retrieval from this node
     retrieve: Literal["get", "move"] = "get"
-    #: parallel associations used for one retrieval (1 = no parallelism)
-    parallel: int = Field(default=4, ge=1, le=16)
+    #: parallel associations used for one retrieval (1 = no parallelism, the fastest here since the
+    #: synchronous C-GET path: one STUDY-level C-GET, no per-instance listing; see docs/pacs.md)
+    parallel: int = Field(default=1, ge=1, le=16)
     name: str = ""
 
     @field_validator("aet")
