@@ -115,6 +115,7 @@ class Listener:
         self._monitor: threading.Thread | None = None
         self.received = 0
         self.refused = 0
+        self.received_sync = 0  # of which served on the association's thread (syncget)
 
     # -- life cycle -----------------------------------------------------------------------------
     @property
@@ -289,8 +290,10 @@ class Listener:
                 if not (dul.event_queue.empty() and dul._recv_pdu.empty() and dimse.message is None
                         and dimse.msg_queue.empty()):
                     return  # the reactor read the first message before the hold: pynetdicom serves it all
-                syncget.SyncStoreSCP(assoc, assoc.network_timeout).serve(
+                served = syncget.SyncStoreSCP(assoc, assoc.network_timeout).serve(
                     on_store, stop=lambda: self._stop.is_set() or assoc.is_aborted)
+                with self._lock:
+                    self.received_sync += served
         except syncget.SyncGetError as exc:
             if exc.abort:
                 log.warning("listener: association from %s aborted: %s", calling, exc)

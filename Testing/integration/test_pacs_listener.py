@@ -325,3 +325,37 @@ def test_embedded_pacs_serve_cli_then_find_and_get_cli(study, tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def test_one_association_mixing_store_echo_find(tmp_path):
+    """C-STOREs are served on the association's thread until another request arrives; pynetdicom
+    then serves the rest of the association (echo, find, more stores) and its release."""
+    from pynetdicom import AE, build_context
+    from pynetdicom import sop_class as sc
+
+    from .study_data import ct_series
+
+    files = ct_series(tmp_path / "src", 8, size=64, patient_id="MIXED01")
+    study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    with Listener(_listener(tmp_path)) as lst:
+        ae = AE(ae_title="MIXER")
+        ae.requested_contexts = [build_context(sc.CTImageStorage), build_context(sc.Verification),
+                                 build_context(sc.StudyRootQueryRetrieveInformationModelFind)]
+        assoc = ae.associate("127.0.0.1", lst.port, ae_title="LISTENER")
+        assert assoc.is_established
+        try:
+            for f in files[:5]:
+                assert assoc.send_c_store(f).Status == 0x0000
+            assert assoc.send_c_echo().Status == 0x0000
+            q = pydicom.Dataset()
+            q.QueryRetrieveLevel, q.StudyInstanceUID, q.NumberOfStudyRelatedInstances = "STUDY", study_uid, ""
+            answers = [i for st, i in assoc.send_c_find(q, sc.StudyRootQueryRetrieveInformationModelFind)
+                       if st.Status == 0xFF00]
+            assert [int(a.NumberOfStudyRelatedInstances) for a in answers] == [5]
+            for f in files[5:]:
+                assert assoc.send_c_store(f).Status == 0x0000
+        finally:
+            assoc.release()
+        assert assoc.is_released
+        assert lst.received == 8 and lst.received_sync >= 1  # the first stores took the synchronous path
+    assert _sops(files) == {p.stem for p in (tmp_path / "store").glob("*/*/*.dcm")}
