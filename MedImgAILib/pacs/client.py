@@ -43,7 +43,7 @@ from .errors import (
 )
 from . import syncget
 from .settings import Node, PacsSettings
-from .storage import InstanceStore, UnsafeUidError, flush_filesystem, uids_of
+from .storage import InstanceStore, UnsafeUidError, flush_filesystem, uids_of, uids_of_dataset
 
 log = logging.getLogger(__name__)
 
@@ -477,10 +477,14 @@ class _Progress:
             self.callback(done, self.total)
 
 
-def _store_encoded(store: InstanceStore, progress: _Progress, node: Node, encoded: bytes, transfer_syntax: str) -> int:
-    """Write one received instance (Part 10 bytes) into the store; the C-STORE-RSP status."""
+def _store_encoded(
+    store: InstanceStore, progress: _Progress, node: Node, encoded: bytes, transfer_syntax: str,
+    uids: Dataset | None = None,
+) -> int:
+    """Write one received instance (Part 10 bytes) into the store; the C-STORE-RSP status. ``uids``:
+    its naming UIDs when already parsed."""
     try:
-        rec = store.put(uids_of(encoded), encoded, transfer_syntax, catalog=False)
+        rec = store.put(uids if uids is not None else uids_of(encoded), encoded, transfer_syntax, catalog=False)
     except UnsafeUidError as exc:
         log.warning("retrieve from %s: %s", node, exc)
         with progress.lock:
@@ -529,7 +533,7 @@ def _run_sync_get(
             return 0xC210
         ts = str(cx.transfer_syntax[0])
         encoded = b"".join([syncget.part10_head(sop_class or cx.abstract_syntax, sop_instance, ts), *fragments])
-        return _store_encoded(store, progress, node, encoded, ts)
+        return _store_encoded(store, progress, node, encoded, ts, uids_of_dataset(fragments[0], ts))
 
     failed = False
     try:

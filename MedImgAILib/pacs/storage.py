@@ -24,7 +24,7 @@ from typing import Iterable, Iterator
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_partial
+from pydicom.filereader import read_dataset, read_partial
 
 from .errors import UnsafeUidError
 
@@ -100,6 +100,24 @@ def uids_of(encoded: bytes) -> Dataset:
     file (Study/Series/SOP Instance UID) at a fraction of :func:`header_of`'s cost (retrieval does not
     keep a catalog of what it wrote)."""
     return read_partial(io.BytesIO(encoded), stop_when=lambda tag, vr, length: tag > _AFTER_SERIES_UID)
+
+
+_NAMING = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+
+
+def uids_of_dataset(data: bytes | memoryview, transfer_syntax: str, window: int = 65536) -> Dataset | None:
+    """Like :func:`uids_of` but from the start of the dataset alone (no file meta to parse, and only
+    its first ``window`` bytes copied). None when that is not enough (deflated, big-endian, or the
+    UIDs lie further in): the caller then parses the whole instance."""
+    ts = pydicom.uid.UID(transfer_syntax)
+    if not ts.is_transfer_syntax or ts.is_deflated or not ts.is_little_endian:
+        return None
+    try:
+        ds = read_dataset(io.BytesIO(bytes(data[:window])), ts.is_implicit_VR, True,
+                          stop_when=lambda tag, vr, length: tag > _AFTER_SERIES_UID)
+    except Exception:  # noqa: BLE001 - cut mid-element by the window, or malformed: the full parse decides
+        return None
+    return ds if all(kw in ds for kw in _NAMING) else None
 
 
 def _mkdirs_durable(root: Path, parts: Iterable[str]) -> Path:

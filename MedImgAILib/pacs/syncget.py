@@ -27,12 +27,11 @@ from io import BytesIO
 from typing import Any, Callable
 
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import UID
 from pynetdicom.dimse_messages import C_GET_RQ
 from pynetdicom.dimse_primitives import C_GET
-from pynetdicom.dsutils import create_file_meta, encode
+from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
+from pynetdicom.dsutils import encode
 from pynetdicom.pdu import P_DATA_TF
 
 # group 0000 elements used here (PS3.7 E.1)
@@ -90,12 +89,26 @@ def parse_command(data: bytes | bytearray | memoryview) -> dict[int, bytes]:
 _PREAMBLE = b"\0" * 128 + b"DICM"
 
 
+def _meta_element(elem: int, vr: bytes, value: bytes) -> bytes:
+    if vr == b"OB":  # explicit VR with a 4-byte length
+        return struct.pack("<HH2sHI", 0x0002, elem, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, elem, vr, len(value)) + value
+
+
 def part10_head(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
-    """Preamble and File Meta Information for a received dataset (as pynetdicom writes them)."""
-    buf = DicomBytesIO()
-    write_file_meta_info(buf, create_file_meta(
-        sop_class_uid=UID(sop_class), sop_instance_uid=UID(sop_instance), transfer_syntax=UID(transfer_syntax)))
-    return _PREAMBLE + buf.getvalue()
+    """Preamble and File Meta Information for a received dataset: the bytes pydicom's
+    ``write_file_meta_info`` writes for pynetdicom's ``create_file_meta`` (a unit test holds them
+    equal), encoded directly because through pydicom they cost ~0.4 ms per instance."""
+    version = PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii")
+    body = b"".join((
+        _meta_element(0x0001, b"OB", b"\x00\x01"),
+        _meta_element(0x0002, b"UI", _ui(sop_class)),
+        _meta_element(0x0003, b"UI", _ui(sop_instance)),
+        _meta_element(0x0010, b"UI", _ui(transfer_syntax)),
+        _meta_element(0x0012, b"UI", _ui(PYNETDICOM_IMPLEMENTATION_UID)),
+        _meta_element(0x0013, b"SH", version + b" " if len(version) % 2 else version),
+    ))
+    return _PREAMBLE + _meta_element(0x0000, b"UL", struct.pack("<I", len(body))) + body
 
 
 def _us(value: bytes | None) -> int | None:

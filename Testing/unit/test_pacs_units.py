@@ -207,3 +207,34 @@ def test_journal_checkpoints_when_full_and_on_close(tmp_path):
     assert all(rec.path.read_bytes() == raw for rec, raw in puts)
     store.close()  # checkpoint: a clean restart replays nothing
     assert InstanceStore(tmp_path).open_journal(1 << 20) == 0
+
+
+@pytest.mark.parametrize("ts", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.4.80"])
+def test_received_file_meta_is_what_pydicom_writes(ts):
+    """syncget encodes the File Meta Information itself (fast); it must equal pydicom's encoding of
+    pynetdicom's file meta, byte for byte."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import UID
+    from pynetdicom.dsutils import create_file_meta
+
+    from MedImgAILib.pacs.syncget import part10_head
+
+    for sop_class, sop in (("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4"), ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.345")):
+        buf = DicomBytesIO()
+        write_file_meta_info(buf, create_file_meta(sop_class_uid=UID(sop_class), sop_instance_uid=UID(sop),
+                                                   transfer_syntax=UID(ts)))
+        assert part10_head(sop_class, sop, ts) == b"\0" * 128 + b"DICM" + buf.getvalue()
+
+
+def test_naming_uids_from_the_dataset_start_match_a_full_parse():
+    from MedImgAILib.pacs.storage import uids_of, uids_of_dataset
+
+    ds, raw = _instance()
+    full = uids_of(raw)
+    start = raw.index(b"DICM") + 4 + 12 + int.from_bytes(raw[140:144], "little")  # after the file meta
+    fast = uids_of_dataset(memoryview(raw)[start:], str(ds.file_meta.TransferSyntaxUID))
+    assert fast is not None
+    for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        assert fast[kw].value == full[kw].value
+    assert uids_of_dataset(memoryview(raw)[start:], "1.2.840.10008.1.2.1.99") is None  # deflated: full parse
