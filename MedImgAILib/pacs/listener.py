@@ -298,8 +298,8 @@ class Listener:
             if exc.abort:
                 log.warning("listener: association from %s aborted: %s", calling, exc)
                 assoc.abort()
-        except OSError as exc:  # the connection broke: pynetdicom sees it closed and cleans up
-            log.info("listener: association from %s: %s", calling, exc.strerror or exc)
+        except (OSError, ValueError) as exc:  # the connection broke or was closed: pynetdicom cleans up
+            log.info("listener: association from %s: %s", calling, getattr(exc, "strerror", None) or exc)
 
     def _store_one(self, calling: str, request_sop_uid: str, encoded: bytes, transfer_syntax: str) -> int:
         with self._lock:

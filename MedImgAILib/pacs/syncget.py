@@ -401,7 +401,7 @@ class SyncStoreSCP(_Wire):
     def serve(self, on_store: StoreHandler, stop: Callable[[], bool] = lambda: False) -> int:
         served = 0
         while not stop():
-            if not self._next_is_store_request():
+            if not self._idle_until_data(stop) or not self._next_is_store_request():
                 return served
             cmd: dict[int, bytes] | None = None
             cmd_cx = 0
@@ -432,6 +432,18 @@ class SyncStoreSCP(_Wire):
             self.sock.sendall(store_response(cmd_cx, _us(cmd.get(_MESSAGE_ID)) or 0, sop_class, sop_instance, status))
             served += 1
         return served
+
+    def _idle_until_data(self, stop: Callable[[], bool]) -> bool:
+        """Wait for the next message (up to the timeout, waking twice a second to see whether the
+        listener is stopping). False: stop, or nothing came: pynetdicom decides what happens next."""
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        while True:
+            wait = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
+            if wait <= 0 or stop():
+                return False
+            r, _, _ = select.select([self.sock], [], [], wait)
+            if r:
+                return True
 
     def _next_is_store_request(self) -> bool:
         """Whether the next PDU starts a C-STORE-RQ whose whole command set is in its first PDV."""
