@@ -162,6 +162,7 @@ class Listener:
                 (self.config.host, self.config.port), block=False, evt_handlers=handlers, ssl_context=ssl_context
             )
         except OSError as exc:
+            self.store.close()
             raise PacsConnectionError(
                 f"listener {self.config.aet} cannot listen on {self.config.host}:{self.config.port}: "
                 f"{(exc.strerror or str(exc)).lower()}"
@@ -275,6 +276,7 @@ class Listener:
             return
         calling = assoc.requestor.ae_title
         accepted = assoc._accepted_cx
+        later: list[Callable[[], Any]] = []
 
         def on_store(context_id: int, sop_class: str, sop_instance: str, fragments: list[memoryview]) -> int:
             cx = accepted.get(context_id)
@@ -282,7 +284,14 @@ class Listener:
                 return STATUS_CANNOT_UNDERSTAND
             ts = str(cx.transfer_syntax[0])
             encoded = b"".join([syncget.part10_head(sop_class or cx.abstract_syntax, sop_instance, ts), *fragments])
-            return self._store_one(calling, sop_instance, encoded, ts)
+            return self._store_one(calling, sop_instance, encoded, ts, later)
+
+        def after_response() -> None:
+            while later:
+                try:
+                    later.pop(0)()
+                except Exception:  # noqa: BLE001 - the catalog entry is rebuilt by the next re-scan
+                    log.exception("listener: catalog update failed")
 
         try:
             with hold:
@@ -291,7 +300,7 @@ class Listener:
                         and dimse.msg_queue.empty()):
                     return  # the reactor read the first message before the hold: pynetdicom serves it all
                 served = syncget.SyncStoreSCP(assoc, assoc.network_timeout).serve(
-                    on_store, stop=lambda: self._stop.is_set() or assoc.is_aborted)
+                    on_store, stop=lambda: self._stop.is_set() or assoc.is_aborted, after_response=after_response)
                 with self._lock:
                     self.received_sync += served
         except syncget.SyncGetError as exc:
@@ -300,18 +309,29 @@ class Listener:
                 assoc.abort()
         except (OSError, ValueError) as exc:  # the connection broke or was closed: pynetdicom cleans up
             log.info("listener: association from %s: %s", calling, getattr(exc, "strerror", None) or exc)
+        finally:
+            after_response()
 
-    def _store_one(self, calling: str, request_sop_uid: str, encoded: bytes, transfer_syntax: str) -> int:
+    def _store_one(
+        self, calling: str, request_sop_uid: str, encoded: bytes, transfer_syntax: str,
+        later: list[Callable[[], Any]] | None = None,
+    ) -> int:
         with self._lock:
             self._inflight += 1
         try:
-            return self._store_encoded(calling, request_sop_uid, encoded, transfer_syntax)
+            return self._store_encoded(calling, request_sop_uid, encoded, transfer_syntax, later)
         finally:
             with self._idle:
                 self._inflight -= 1
                 self._idle.notify_all()
 
-    def _store_encoded(self, calling: str, request_sop_uid: str, encoded: bytes, transfer_syntax: str) -> int:
+    def _store_encoded(
+        self, calling: str, request_sop_uid: str, encoded: bytes, transfer_syntax: str,
+        later: list[Callable[[], Any]] | None = None,
+    ) -> int:
+        """Checks, durable write, index, then the status. With ``later``, the in-memory catalog's full
+        record (C-FIND keys, ~1 ms: no part of the durability promise) is left to be made after the
+        response has been sent; until then the catalog holds the instance's UIDs."""
         min_free = self.config.min_free_mb * 1024 * 1024
         if self.store.free_bytes() < min_free:
             self.refused += 1
@@ -329,7 +349,7 @@ class Listener:
             log.warning("listener: dataset from %s does not match its C-STORE request's SOP Instance UID", calling)
             return STATUS_DATASET_MISMATCH
         try:
-            rec = self.store.put(ds, encoded, transfer_syntax)
+            rec = self.store.put(ds, encoded, transfer_syntax, catalog=later is None)
         except UnsafeUidError as exc:
             self.refused += 1
             log.warning("listener: instance from %s refused: %s", calling, exc)
@@ -340,6 +360,8 @@ class Listener:
             log.error("listener: cannot write instance from %s: %s%s", calling, exc.strerror or exc,
                       " (disk full)" if full else "")
             return STATUS_OUT_OF_RESOURCES
+        if later is not None:
+            later.append(lambda: self.store.catalog(rec.path, ds, transfer_syntax))
         if self.index is not None:
             try:
                 self.index.add_instance(rec.path, ds)

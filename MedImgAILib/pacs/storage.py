@@ -194,7 +194,11 @@ class Journal:
         new = not self.path.exists() or self.path.stat().st_size < self.capacity
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         if new:
-            self._preallocate()
+            try:
+                self._preallocate()
+            except OSError:
+                os.close(self.fd)
+                raise
         self.capacity = max(self.capacity, os.fstat(self.fd).st_size)
         self.generation = self._read_generation()
         self.offset = _J_HEAD
@@ -419,11 +423,26 @@ class InstanceStore:
             self._by_sop[rec.sop_uid] = rec
         return rec
 
+    def catalog(self, path: Path, ds: Dataset, transfer_syntax: str = "") -> InstanceRecord:
+        """Record an instance already stored with ``put(catalog=False)`` with all its catalog attributes."""
+        rec = record_from_dataset(path, ds, transfer_syntax)
+        with self._lock:
+            self._by_sop[rec.sop_uid] = rec
+        return rec
+
     def open_journal(self, capacity: int = 64 * 1024 * 1024) -> int:
         """Use a write-ahead journal in ``root/.journal`` from now on, first restoring what a crash
         may have left only in it. Returns the number of instances restored."""
         if self.journal is None:
-            self.journal = Journal(self.root, capacity)
+            fresh = not (self.root / JOURNAL_NAME).exists()
+            try:
+                self.journal = Journal(self.root, capacity)
+            except OSError as exc:  # e.g. no room for it: every instance then gets two flushes instead
+                log.warning("store: no write-ahead journal (%s); writing each instance with two flushes",
+                            exc.strerror or exc)
+                if fresh:
+                    (self.root / JOURNAL_NAME).unlink(missing_ok=True)
+                return 0
         return self.journal.replay(self)
 
     def close(self) -> None:

@@ -398,7 +398,14 @@ class SyncStoreSCP(_Wire):
     fragments is left unread (peeked) for pynetdicom, which then serves the rest of the association.
     Returns the number of instances served."""
 
-    def serve(self, on_store: StoreHandler, stop: Callable[[], bool] = lambda: False) -> int:
+    def serve(
+        self,
+        on_store: StoreHandler,
+        stop: Callable[[], bool] = lambda: False,
+        after_response: Callable[[], None] | None = None,
+    ) -> int:
+        """``after_response`` runs after each C-STORE-RSP has left: work that is no part of what the
+        status promises overlaps with the sender preparing its next instance."""
         served = 0
         while not stop():
             if not self._idle_until_data(stop) or not self._next_is_store_request():
@@ -431,6 +438,8 @@ class SyncStoreSCP(_Wire):
             status = on_store(cmd_cx, sop_class, sop_instance, fragments)
             self.sock.sendall(store_response(cmd_cx, _us(cmd.get(_MESSAGE_ID)) or 0, sop_class, sop_instance, status))
             served += 1
+            if after_response is not None:
+                after_response()
         return served
 
     def _idle_until_data(self, stop: Callable[[], bool]) -> bool:
