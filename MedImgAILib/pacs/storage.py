@@ -366,6 +366,7 @@ class InstanceStore:
     _by_sop: dict[str, InstanceRecord] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _dirs: set[Path] = field(default_factory=set, repr=False)  # directories known to exist (durably)
+    _made: set[Path] = field(default_factory=set, repr=False)  # directories made (durable at a checkpoint)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root).expanduser().resolve()
@@ -395,8 +396,15 @@ class InstanceStore:
             # without flushes and become durable at the journal's next checkpoint
             journal.append(self._relpath(path), encoded)
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                write_durably(path, encoded, durable=False)
+                if path.parent not in self._made:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    self._made.add(path.parent)
+                try:
+                    write_durably(path, encoded, durable=False)
+                except FileNotFoundError:  # its directory was removed meanwhile (a study deleted)
+                    self._made.discard(path.parent)
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    write_durably(path, encoded, durable=False)
             finally:
                 journal.placed()
             return self._record(path, ds, transfer_syntax, catalog)
