@@ -211,10 +211,16 @@ class _Wire:
         self.timeout = timeout
 
     # -- socket -----------------------------------------------------------------------------
+    # The socket is in timeout mode (pynetdicom sets the network timeout; SyncGet.run the DIMSE
+    # timeout): a recv that waits longer raises socket.timeout, which ends the exchange.
+    def _timed_out(self) -> SyncGetError:
+        shown = f"{self.timeout:g} s" if self.timeout is not None else "the timeout"
+        return SyncGetError(f"no DIMSE response within {shown}", timeout=True)
+
     def _wait_readable(self) -> None:
         r, _, _ = select.select([self.sock], [], [], self.timeout)
         if not r:
-            raise SyncGetError(f"no DIMSE response within {self.timeout:g} s", timeout=True)
+            raise self._timed_out()
 
     def _read_exact(self, n: int) -> bytearray:
         buf = bytearray(n)
@@ -223,44 +229,39 @@ class _Wire:
         while got < n:
             try:
                 k = self.sock.recv_into(view[got:], n - got)
-            except BlockingIOError:
-                k = -1
             except socket.timeout:
-                k = -1
-            if k == 0:
-                raise SyncGetError("connection closed by the peer")
-            if k < 0:
+                raise self._timed_out() from None
+            except BlockingIOError:
                 self._wait_readable()
                 continue
+            if k == 0:
+                raise SyncGetError("connection closed by the peer")
             got += k
         return buf
 
     def _next_pdu_type(self) -> int:
         """Peek at the next PDU's type without consuming it (a non-P-DATA PDU is left for pynetdicom)."""
-        while True:
-            try:
-                head = self.sock.recv(1, socket.MSG_PEEK)
-            except (BlockingIOError, socket.timeout):
-                head = None
-            if head == b"":
-                raise SyncGetError("connection closed by the peer")
-            if head:
-                return head[0]
-            self._wait_readable()
+        head = self._peek(1)
+        if not head:
+            raise SyncGetError("connection closed by the peer")
+        return head[0]
 
     def _peek(self, n: int) -> bytes:
         """The next ``n`` bytes without consuming them (fewer only if the peer closed)."""
+        deadline = time.monotonic() + (self.timeout if self.timeout is not None else 3600.0)
         while True:
             try:
                 data = self.sock.recv(n, socket.MSG_PEEK)
-            except (BlockingIOError, socket.timeout):
-                data = None
-            if data is not None and (len(data) >= n or data == b""):
-                return data
-            if data:  # part of it is there: the rest is on its way
-                time.sleep(0.0002)
-            else:
+            except socket.timeout:
+                raise self._timed_out() from None
+            except BlockingIOError:
                 self._wait_readable()
+                continue
+            if len(data) >= n or data == b"":
+                return data
+            if time.monotonic() > deadline:  # part of it came, the rest never did
+                raise self._timed_out()
+            time.sleep(0.0002)  # part of it is there: the rest is on its way
 
     def _read_pdu(self) -> memoryview:
         header = self._read_exact(6)
@@ -410,29 +411,33 @@ class SyncStoreSCP(_Wire):
         while not stop():
             if not self._idle_until_data(stop) or not self._next_is_store_request():
                 return served
-            cmd: dict[int, bytes] | None = None
-            cmd_cx = 0
-            fragments: list[memoryview] = []
-            finished = False
-            while not finished:
-                if self._peek(1)[:1] != b"\x04":  # abort/release/close in the middle of a message
-                    raise SyncGetError("peer ended the association during a C-STORE")
-                body = self._read_pdu()
-                off, length = 0, len(body)
-                while off + 6 <= length and not finished:
-                    (item_len,) = struct.unpack_from(">I", body, off)
-                    context_id, control = body[off + 4], body[off + 5]
-                    data = body[off + 6:off + 4 + item_len]
-                    off += 4 + item_len
-                    if control & 0x01:
-                        cmd, cmd_cx = parse_command(data), context_id
-                    else:
-                        fragments.append(data)
-                        finished = bool(control & 0x02)
-                if off != length:  # malformed, or the next message shares this PDU: not ours to split
-                    raise SyncGetError("P-DATA-TF PDU not understood", abort=True)
-            if cmd is None:
-                raise SyncGetError("dataset without a command", abort=True)
+            try:  # from here on the message is being consumed: any failure leaves the association out of step
+                cmd: dict[int, bytes] | None = None
+                cmd_cx = 0
+                fragments: list[memoryview] = []
+                finished = False
+                while not finished:
+                    if self._peek(1)[:1] != b"\x04":  # abort/release/close in the middle of a message
+                        raise SyncGetError("peer ended the association during a C-STORE")
+                    body = self._read_pdu()
+                    off, length = 0, len(body)
+                    while off + 6 <= length and not finished:
+                        (item_len,) = struct.unpack_from(">I", body, off)
+                        context_id, control = body[off + 4], body[off + 5]
+                        data = body[off + 6:off + 4 + item_len]
+                        off += 4 + item_len
+                        if control & 0x01:
+                            cmd, cmd_cx = parse_command(data), context_id
+                        else:
+                            fragments.append(data)
+                            finished = bool(control & 0x02)
+                    if off != length:  # malformed, or the next message shares this PDU: not ours to split
+                        raise SyncGetError("P-DATA-TF PDU not understood", abort=True)
+                if cmd is None:
+                    raise SyncGetError("dataset without a command", abort=True)
+            except SyncGetError as exc:
+                exc.abort = True
+                raise
             sop_class = _uid(cmd.get(_AFFECTED_SOP_CLASS))
             sop_instance = _uid(cmd.get(_AFFECTED_SOP_INSTANCE))
             status = on_store(cmd_cx, sop_class, sop_instance, fragments)
