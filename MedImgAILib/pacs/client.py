@@ -709,9 +709,11 @@ def retrieve(
 ) -> RetrieveResult:
     """Retrieve a study (or some of its series) into ``out_dir`` (store layout study/series/sop.dcm).
 
-    An IMAGE-level C-FIND lists the instances first: it gives the total for progress, the SOP classes
-    to propose (Orthanc fails a whole C-GET that lacks one) and lets the instances be split over
-    ``parallel`` associations, each retrieving its share by SOP Instance UID list. With C-MOVE the
+    For a whole study on one association, one STUDY-level C-FIND answer gives the total (progress,
+    ``complete``) and the SOP classes to propose (Orthanc fails a whole C-GET that lacks one), and the
+    study is requested as a whole. Otherwise (series, ``parallel`` > 1, a PACS without the count) an
+    IMAGE-level C-FIND lists the instances, which may be split over ``parallel`` associations, each
+    retrieving its share by SOP Instance UID list. With C-MOVE the
     instances arrive at ``move_destination`` (a listener the PACS knows); a listener writing into
     ``out_dir`` is the caller's business (see :func:`MedImgAILib.pacs.listener.Listener`)."""
     method = method or node.retrieve
