@@ -14,7 +14,6 @@ import tomllib
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import PacsSettingsError
@@ -83,8 +82,9 @@ class Node(_Model):
     tls: TlsSettings | None = None
     #: C-GET (default) or C-MOVE for retrieval from this node
     retrieve: Literal["get", "move"] = "get"
-    #: parallel associations used for one retrieval (1 = no parallelism)
-    parallel: int = Field(default=4, ge=1, le=16)
+    #: parallel associations used for one retrieval (1 = no parallelism, the fastest here since the
+    #: synchronous C-GET path: one STUDY-level C-GET, no per-instance listing; see docs/pacs.md)
+    parallel: int = Field(default=1, ge=1, le=16)
     name: str = ""
 
     @field_validator("aet")
@@ -150,10 +150,15 @@ def load_settings(path: str | Path | None = None) -> PacsSettings:
         if p.suffix.lower() == ".toml":
             raw = tomllib.loads(p.read_text(encoding="utf-8"))
         elif p.suffix.lower() in (".yaml", ".yml"):
-            raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            import yaml  # only for YAML files: importing it costs every command ~30 ms
+
+            try:
+                raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            except yaml.YAMLError as exc:
+                raise PacsSettingsError(f"PACS settings file {p} is not valid: {exc}") from exc
         else:
             raise PacsSettingsError(f"PACS settings file {p}: use .toml, .yaml or .yml")
-    except (tomllib.TOMLDecodeError, yaml.YAMLError) as exc:
+    except tomllib.TOMLDecodeError as exc:
         raise PacsSettingsError(f"PACS settings file {p} is not valid: {exc}") from exc
     nodes = raw.get("nodes") if isinstance(raw, dict) else None
     if isinstance(nodes, dict):  # the table key is the node's name

@@ -20,6 +20,7 @@ from MedImgAILib.pacs import client
 from MedImgAILib.pacs.errors import AssociationRejectedError
 from MedImgAILib.pacs.listener import Listener, ListenerConfig
 from MedImgAILib.pacs.settings import PacsSettings, TlsSettings
+from MedImgAILib.pacs.storage import JOURNAL_NAME
 from Testing.conftest import REPO, require_tool
 
 pytestmark = pytest.mark.integration
@@ -149,7 +150,8 @@ def test_malicious_uid_cannot_write_outside_the_store(study, tmp_path, field, va
         assert client.echo(node, s) > 0  # still serving
     assert set(tmp_path.parent.rglob("*escaped*")) == before
     assert not Path("/tmp/escaped").exists()
-    assert [p for p in (tmp_path / "store").rglob("*") if p.is_file()] == []
+    # nothing but the (empty) write-ahead journal
+    assert [p for p in (tmp_path / "store").rglob("*") if p.is_file() and p.name != JOURNAL_NAME] == []
 
 
 def test_query_retrieve_with_dcmtk_findscu_getscu_and_our_client(study, tmp_path):
@@ -323,3 +325,79 @@ def test_embedded_pacs_serve_cli_then_find_and_get_cli(study, tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
+
+
+def test_one_association_mixing_store_echo_find(tmp_path):
+    """C-STOREs are served on the association's thread until another request arrives; pynetdicom
+    then serves the rest of the association (echo, find, more stores) and its release."""
+    from pynetdicom import AE, build_context
+    from pynetdicom import sop_class as sc
+
+    from .study_data import ct_series
+
+    files = ct_series(tmp_path / "src", 8, size=64, patient_id="MIXED01")
+    study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    with Listener(_listener(tmp_path)) as lst:
+        ae = AE(ae_title="MIXER")
+        ae.requested_contexts = [build_context(sc.CTImageStorage), build_context(sc.Verification),
+                                 build_context(sc.StudyRootQueryRetrieveInformationModelFind)]
+        assoc = ae.associate("127.0.0.1", lst.port, ae_title="LISTENER")
+        assert assoc.is_established
+        try:
+            for f in files[:5]:
+                assert assoc.send_c_store(f).Status == 0x0000
+            assert assoc.send_c_echo().Status == 0x0000
+            q = pydicom.Dataset()
+            q.QueryRetrieveLevel, q.StudyInstanceUID, q.NumberOfStudyRelatedInstances = "STUDY", study_uid, ""
+            answers = [i for st, i in assoc.send_c_find(q, sc.StudyRootQueryRetrieveInformationModelFind)
+                       if st.Status == 0xFF00]
+            assert [int(a.NumberOfStudyRelatedInstances) for a in answers] == [5]
+            for f in files[5:]:
+                assert assoc.send_c_store(f).Status == 0x0000
+        finally:
+            assoc.release()
+        assert assoc.is_released
+        assert lst.received == 8 and lst.received_sync >= 1  # the first stores took the synchronous path
+    assert _sops(files) == {p.stem for p in (tmp_path / "store").glob("*/*/*.dcm")}
+
+
+def test_sender_dying_mid_instance_leaves_nothing_and_listener_serves_on(study, tmp_path):
+    """A C-STORE whose dataset is cut off (the sender's connection drops mid-transfer): nothing is
+    stored or acknowledged, and the listener goes on serving."""
+    import struct
+
+    from pynetdicom import AE, build_context
+    from pynetdicom import sop_class as sc
+
+    from MedImgAILib.pacs.syncget import encode_command
+
+    def pdu(context_id: int, control: int, data: bytes) -> bytes:
+        item = bytes((context_id, control)) + data
+        return struct.pack(">BBII", 0x04, 0, len(item) + 4, len(item)) + item
+
+    with Listener(_listener(tmp_path)) as lst:
+        ae = AE(ae_title="DYING")
+        ae.requested_contexts = [build_context(sc.CTImageStorage)]
+        assoc = ae.associate("127.0.0.1", lst.port, ae_title="LISTENER")
+        assert assoc.is_established
+        cx = assoc.accepted_contexts[0].context_id
+        uid = "1.2.3.4.5.6"
+        cmd = encode_command([
+            (0x0002, sc.CTImageStorage.encode() + (b"\0" if len(sc.CTImageStorage) % 2 else b"")),
+            (0x0100, struct.pack("<H", 0x0001)), (0x0110, struct.pack("<H", 1)), (0x0700, struct.pack("<H", 0)),
+            (0x0800, struct.pack("<H", 0x0000)), (0x1000, uid.encode())])
+        sock = assoc.dul.socket.socket
+        sock.sendall(pdu(cx, 0x03, cmd) + pdu(cx, 0x00, b"\x08\x00\x16\x00" + b"x" * 1000))  # not the last fragment
+        time.sleep(0.3)
+        sock.close()  # the sender dies
+        assoc.abort()
+        deadline = time.monotonic() + 10
+        while lst._ae.active_associations and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lst.received == 0
+        s = PacsSettings()
+        assert client.echo(s.node(f"LISTENER@127.0.0.1:{lst.port}"), s) > 0
+        assert storescu(lst.port, study["files"][:2]).returncode == 0
+        assert lst.received == 2
+    assert not list((tmp_path / "store").glob("*/*/.incoming-*"))
+    assert len(list((tmp_path / "store").glob("*/*/*.dcm"))) == 2

@@ -75,6 +75,15 @@ def test_get_cli_whole_study_with_seg_and_sr(orthanc, study, in_ns, tmp_path):
     assert got.PixelData == src.PixelData
 
 
+def test_get_through_pynetdicoms_own_path_too(orthanc, study, in_ns, tmp_path, monkeypatch):
+    """The C-GET path used with TLS (pynetdicom's reactors) gives the same result as the synchronous one."""
+    monkeypatch.setattr(client, "SYNC_GET", False)
+    s = PacsSettings()
+    res = client.retrieve(s.node(orthanc.node), s, study["study_uid"], tmp_path)
+    assert res.complete and res.received == res.expected == 14
+    assert _sops(res.paths) == _sops(study["files"])
+
+
 def test_get_one_series_in_parallel_associations(orthanc, study, in_ns, tmp_path):
     s = PacsSettings()
     node = s.node(orthanc.node)

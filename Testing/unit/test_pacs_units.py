@@ -157,3 +157,84 @@ def test_build_query_rejects_filters_that_do_not_apply():
         build_query("study", {"sop_uid": "1.2"})
     with pytest.raises(PacsOperationError, match="query level"):
         build_query("frame", {})
+
+
+# --- write-ahead journal: the listener's durability with one flush per instance -------------------
+def _journaled(tmp_path: Path, n: int, capacity: int = 4 << 20) -> tuple[InstanceStore, list]:
+    store = InstanceStore(tmp_path)
+    assert store.open_journal(capacity) == 0
+    puts = []
+    for i in range(1, n + 1):
+        ds, raw = _instance(sop=f"1.2.3.4.{i}")
+        puts.append((store.put(ds, raw), raw))
+    return store, puts
+
+
+def test_journal_restores_acknowledged_instances_lost_with_the_page_cache(tmp_path):
+    _store, puts = _journaled(tmp_path, 3)
+    # power cut after the acknowledgements, before a checkpoint: the placed files and their new
+    # directories were never flushed, so they are gone; the journal was flushed before each ack
+    import shutil
+
+    shutil.rmtree(tmp_path / "1.2.3")
+    again = InstanceStore(tmp_path)
+    assert again.open_journal(4 << 20) == 3
+    for rec, raw in puts:
+        assert rec.path.read_bytes() == raw
+    # the replay flushed and started a new generation: the next start restores nothing
+    assert InstanceStore(tmp_path).open_journal(4 << 20) == 0
+
+
+def test_journal_ignores_a_torn_record_and_what_follows(tmp_path):
+    store, puts = _journaled(tmp_path, 2)
+    j = store.journal
+    # the second record was cut short by the crash (its CRC fails): it was never acknowledged
+    import os
+
+    os.pwrite(j.fd, b"\xff", j.offset - 1)
+    for rec, _ in puts:
+        rec.path.unlink()
+    assert InstanceStore(tmp_path).open_journal(4 << 20) == 1
+    assert puts[0][0].path.exists() and not puts[1][0].path.exists()
+
+
+def test_journal_checkpoints_when_full_and_on_close(tmp_path):
+    store, puts = _journaled(tmp_path, 60, capacity=1 << 20)  # ~40 kB each: several checkpoints
+    j = store.journal
+    assert j.generation > 2
+    in_journal = len(list(j.records()))
+    assert 0 < in_journal < 60  # only what followed the last checkpoint
+    assert all(rec.path.read_bytes() == raw for rec, raw in puts)
+    store.close()  # checkpoint: a clean restart replays nothing
+    assert InstanceStore(tmp_path).open_journal(1 << 20) == 0
+
+
+@pytest.mark.parametrize("ts", ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.4.80"])
+def test_received_file_meta_is_what_pydicom_writes(ts):
+    """syncget encodes the File Meta Information itself (fast); it must equal pydicom's encoding of
+    pynetdicom's file meta, byte for byte."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import UID
+    from pynetdicom.dsutils import create_file_meta
+
+    from MedImgAILib.pacs.syncget import part10_head
+
+    for sop_class, sop in (("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4"), ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.345")):
+        buf = DicomBytesIO()
+        write_file_meta_info(buf, create_file_meta(sop_class_uid=UID(sop_class), sop_instance_uid=UID(sop),
+                                                   transfer_syntax=UID(ts)))
+        assert part10_head(sop_class, sop, ts) == b"\0" * 128 + b"DICM" + buf.getvalue()
+
+
+def test_naming_uids_from_the_dataset_start_match_a_full_parse():
+    from MedImgAILib.pacs.storage import uids_of, uids_of_dataset
+
+    ds, raw = _instance()
+    full = uids_of(raw)
+    start = raw.index(b"DICM") + 4 + 12 + int.from_bytes(raw[140:144], "little")  # after the file meta
+    fast = uids_of_dataset(memoryview(raw)[start:], str(ds.file_meta.TransferSyntaxUID))
+    assert fast is not None
+    for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        assert fast[kw].value == full[kw].value
+    assert uids_of_dataset(memoryview(raw)[start:], "1.2.840.10008.1.2.1.99") is None  # deflated: full parse
