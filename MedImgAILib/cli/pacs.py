@@ -70,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         g.add_argument("study_uid")
         g.add_argument("--series", action="append", default=[], metavar="UID", help="only this series (repeatable)")
         g.add_argument("--out", required=(method == "get"), type=Path, help="store directory (study/series/sop.dcm)")
-        g.add_argument("--parallel", type=int, help="associations in parallel (default: the node's, 4)")
+        g.add_argument("--parallel", type=int, help="associations in parallel (default: the node's, 1)")
         if method == "move":
             g.add_argument("--dest", metavar="AET", help="C-MOVE destination the PACS knows (default: our AE; with "
                            "--out a temporary listener receives on --port)")
