@@ -11,12 +11,8 @@ folder holding the three files under their card file names; tests and CI point i
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
-import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
@@ -94,73 +90,6 @@ def weight_files(card: dict[str, Any]) -> dict[str, WeightFile]:
     return files
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _verify(path: Path, wf: WeightFile, origin: str) -> Path:
-    actual = sha256_of(path)
-    if actual != wf.sha256:
-        raise WeightsError(
-            f"weights file {path} ({wf.role} network of {CARD_ID}, from {origin}) has sha256 {actual}; the card "
-            f"expects {wf.sha256}. Refusing to use it: replace it with the file from {wf.url}"
-        )
-    return path
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("MEDIMGAI_CACHE") or Path.home() / ".cache" / "medimgai")
-
-
-def _offline() -> bool:
-    return os.environ.get("MEDIMGAI_OFFLINE", "").strip().lower() in ("1", "true", "yes")
-
-
-def _download(wf: WeightFile, dest: Path, show_progress: bool) -> None:
-    """To a temporary name beside ``dest``, checked, then renamed: never a partial file in the cache."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(wf.url, timeout=60) as resp:
-            total = int(resp.headers.get("Content-Length") or wf.size_bytes)
-            bar = None
-            if show_progress:
-                from tqdm import tqdm
-
-                bar = tqdm(total=total, unit="B", unit_scale=True, desc=f"{CARD_ID} {wf.filename}", leave=False)
-            for chunk in iter(lambda: resp.read(1 << 16), b""):
-                out.write(chunk)
-                if bar is not None:
-                    bar.update(len(chunk))
-            if bar is not None:
-                bar.close()
-        _verify(Path(tmp), wf, wf.url)
-        os.replace(tmp, dest)
-    except (urllib.error.URLError, OSError) as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise WeightsError(
-            f"cannot download {wf.url} ({exc}); copy the three hippodeep weight files into a folder and "
-            f"point --weights-dir / MEDIMGAI_WEIGHTS_DIR at it"
-        ) from exc
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _project_resolver():
-    """The model registry's card schema and weights resolver (``MedImgAILib.models``), when present."""
-    try:
-        from ..card import ModelCard, WeightsSpec
-        from ..weights import resolve_weights
-    except ImportError:
-        return None
-    return ModelCard, WeightsSpec, resolve_weights
-
-
 def resolve_weight_files(
     card: dict[str, Any],
     weights_dir: Optional[str | os.PathLike[str]] = None,
@@ -168,43 +97,17 @@ def resolve_weight_files(
     offline: Optional[bool] = None,
     show_progress: bool = False,
 ) -> dict[str, Path]:
-    """role -> a local, sha256-checked file. Uses the registry's resolver (one file per call, the
-    card's ``weights`` swapped for each of the three) when it is installed, this module's otherwise;
-    both follow the same order (directory, cache, download) and environment variables."""
-    files = weight_files(card)
-    project = _project_resolver()
-    if project is not None:
-        model_card_cls, weights_spec_cls, resolve = project
-        model_card = model_card_cls.model_validate(card)
-        out = {}
-        for role, wf in files.items():
-            spec = weights_spec_cls(url=wf.url, sha256=wf.sha256, size_bytes=wf.size_bytes, licence=wf.licence,
-                                    filename=wf.filename)
-            out[role] = Path(resolve(model_card.model_copy(update={"weights": spec}), weights_dir=weights_dir,
-                                     offline=offline, show_progress=show_progress))
-        return out
-    offline = _offline() if offline is None else offline
-    directory = Path(weights_dir) if weights_dir else (Path(os.environ["MEDIMGAI_WEIGHTS_DIR"]) if os.environ.get("MEDIMGAI_WEIGHTS_DIR") else None)
-    out: dict[str, Path] = {}
-    for role, wf in files.items():
-        if directory is not None:
-            p = directory / wf.filename
-            if p.is_file():
-                out[role] = _verify(p, wf, f"weights directory {directory}")
-                continue
-        cached = cache_dir() / "weights" / CARD_ID / str(card.get("version", "0")) / wf.filename
-        if cached.is_file():
-            out[role] = _verify(cached, wf, "the cache")
-            continue
-        if offline:
-            where = directory or cached.parent
-            raise WeightsError(
-                f"weights file {wf.filename} of {CARD_ID} is not in {where} and downloads are off "
-                f"(MEDIMGAI_OFFLINE); fetch {wf.url} (sha256 {wf.sha256}) and copy it there"
-            )
-        log.info("downloading %s (%d bytes)", wf.url, wf.size_bytes)
-        _download(wf, cached, show_progress)
-        out[role] = cached
+    """role -> a local, sha256-checked file, through the registry's resolver (directory, cache,
+    download; one file per call, the card's ``weights`` swapped for each of the three)."""
+    from ..card import ModelCard, WeightsSpec
+    from ..weights import resolve_weights
+
+    model_card = ModelCard.model_validate(card)
+    out = {}
+    for role, wf in weight_files(card).items():
+        spec = WeightsSpec(url=wf.url, sha256=wf.sha256, size_bytes=wf.size_bytes, licence=wf.licence, filename=wf.filename)
+        out[role] = Path(resolve_weights(model_card.model_copy(update={"weights": spec}), weights_dir=weights_dir,
+                                         offline=offline, show_progress=show_progress))
     return out
 
 
@@ -224,22 +127,10 @@ def load_state_dict(path: Path, role: str) -> dict[str, torch.Tensor]:
 # Device and threads
 # --------------------------------------------------------------------------------------------------
 def select_device(name: str = "auto") -> torch.device:
-    """``auto``: CUDA, then Apple MPS, then CPU."""
-    name = (name or "auto").lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError as exc:
-        raise WeightsError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:N or mps)") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise WeightsError(f"device {name} requested but torch sees no CUDA device")
-    return dev
+    """The engine's device choice (``auto``: CUDA, then Apple MPS, then CPU)."""
+    from ...inference.device import select_device as engine_select_device
+
+    return engine_select_device(name)
 
 
 def default_threads() -> int:
