@@ -169,9 +169,10 @@ def _write_error(out: Path, stage: str, exc: BaseException) -> None:
     message = str(exc) if isinstance(exc, MedImgAIError) else f"{type(exc).__name__}: {exc}"
     record = {"schema": "medimgai.error/1", "stage": stage, "kind": kind, "message": message,
               "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    tmp = out / ".error.json.partial"
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, out / "error.json")
+    from .fileio import atomic_output
+
+    with atomic_output(out / "error.json", "w") as fh:
+        json.dump(record, fh, indent=2)
 
 
 def _promote(run: _Run, result: AnalysisResult) -> None:

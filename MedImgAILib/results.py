@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
@@ -113,18 +112,11 @@ class AnalysisResult(BaseModel):
 
     def write(self, path: str | os.PathLike[str]) -> Path:
         """Atomic: written to a temporary name beside the target, then renamed."""
+        from .fileio import atomic_output
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(self.to_json(), fh, indent=2)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_output(path, "w") as fh:
+            json.dump(self.to_json(), fh, indent=2)
         return path
 
     @classmethod

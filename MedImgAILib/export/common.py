@@ -8,7 +8,6 @@ import contextlib
 import copy
 import os
 import warnings
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -160,18 +159,11 @@ def quiet_phi_warnings():
 
 def write_atomic(ds: Dataset, path: str | os.PathLike[str]) -> Path:
     """Write to a temporary name in the target folder, fsync, then rename: never a partial object."""
+    from ..fileio import atomic_output
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            ds.save_as(fh, enforce_file_format=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as fh:
+        ds.save_as(fh, enforce_file_format=True)
     return path
 
 
