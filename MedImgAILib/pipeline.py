@@ -24,8 +24,8 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
-from .errors import CancelledError, DicomInputError, MedImgAIError, ModelError, NoSeriesFoundError
-from .results import AnalysisResult, ModelRef, Outputs
+from .errors import CancelledError, MedImgAIError, ModelError, NoSeriesFoundError
+from .results import AnalysisResult, ModelRef
 from .volume import Volume
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any

@@ -216,7 +216,6 @@ def _background_value(card: ModelCard) -> float:
 def sliding_window_predict(net: torch.nn.Module, arr: np.ndarray, card: ModelCard, ctx: RunContext) -> np.ndarray:
     """Sliding-window inference on one preprocessed array; returns probabilities [C, k, j, i] float32
     (softmax/sigmoid applied per the card)."""
-    from monai.inferers import sliding_window_inference
 
     opts = ctx.options
     sw = _sliding_window_spec(card, opts)

@@ -11,7 +11,6 @@ norm): exact on the surface, good within a few mm of it, which is all partial-vo
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 
 import numpy as np
