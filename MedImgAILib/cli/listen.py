@@ -80,7 +80,7 @@ def cmd_listen(args: argparse.Namespace) -> int:
     index = open_index(index_spec) if index_spec else None
 
     analyzer = None
-    if args.analyze:
+    if getattr(args, "analyze", False):  # `pacs serve` shares this command without the analysis options
         from ..pipeline import AnalysisOptions, StudyAnalyzer
 
         store = None
