@@ -179,6 +179,16 @@ def tune_association(event: evt.Event) -> None:
 set_nodelay = tune_association  # the name the design notes use
 
 
+def set_nodelay_only(event: evt.Event) -> None:
+    """TCP_NODELAY without the reactor change (the fallback when the tuned reactor lost a rejection)."""
+    try:
+        sock = event.assoc.dul.socket.socket
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (AttributeError, OSError):
+        pass
+
+
 def make_ae(settings: PacsSettings) -> AE:
     ae = AE(ae_title=settings.local_aet)
     t = settings.timeouts
@@ -217,16 +227,18 @@ def associate(
     ae = ae or make_ae(settings)
     ae.requested_contexts = list(contexts)[:MAX_CONTEXTS]
     tls_args = node.tls.client_context(node.host) if node.tls else None
-    # Under load pynetdicom can see the peer's close before the A-ASSOCIATE-RJ it sent just ahead of
-    # it, and reports an abort; a second attempt then reads the rejection (and its reason) properly.
+    # Under load the tuned reactor (tune_association) can see the peer's close before the
+    # A-ASSOCIATE-RJ sent just ahead of it, and reports an abort. The second attempt runs pynetdicom's
+    # own reactor, which reads the rejection (and its reason) before the close.
     for attempt in (1, 2):
+        tuning = [(evt.EVT_CONN_OPEN, tune_association)] if attempt == 1 else [(evt.EVT_CONN_OPEN, set_nodelay_only)]
         assoc = ae.associate(
             node.host,
             node.port,
             ae_title=node.aet,
             max_pdu=settings.max_pdu,
             ext_neg=list(roles) or None,
-            evt_handlers=[(evt.EVT_CONN_OPEN, tune_association), *handlers],
+            evt_handlers=[*tuning, *handlers],
             tls_args=tls_args,
         )
         if assoc.is_established or assoc.is_rejected:
