@@ -255,6 +255,14 @@ def associate(
                 f"{node} rejected association from calling AE {settings.local_aet!r} to called AE "
                 f"{node.aet!r}: {reason}"
             )
+        if reason.startswith("the peer closed"):
+            # TCP works, yet the association was ended before it was accepted, twice: in practice a
+            # rejection whose A-ASSOCIATE-RJ was not read. Say so, and what to check.
+            raise AssociationRejectedError(
+                f"{node} ended the association request from calling AE {settings.local_aet!r} to called AE "
+                f"{node.aet!r} without accepting it (rejected, reason not received): check the called AE title "
+                f"and that {node} allows calling AE {settings.local_aet!r}"
+            )
         raise PacsConnectionError(f"cannot connect to {node}: {reason}")
     try:
         yield assoc
