@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fraction centred on vessels, airway walls and chest wall (the rest: random lung)")
     p.add_argument("--noise-aug", type=float, default=None, help="max sd of added noise (window units)")
     p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--per-nodule-sampling", action="store_true",
+                   help="centre nodule patches on a nodule drawn uniformly, so small nodules are seen as often as large ones")
     p.set_defaults(func=_train)
 
 
@@ -41,6 +43,8 @@ def _train(args: argparse.Namespace) -> int:
         cfg.threads = args.threads
     if args.data_seeds:
         cfg.data_seeds = [int(x) for x in args.data_seeds.split(",") if x.strip()]
+    if args.per_nodule_sampling:
+        cfg.per_nodule_sampling = True
     for name in ("batch", "lr", "p_nodule", "p_hard_negative", "noise_aug", "checkpoint_every"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))

@@ -50,6 +50,9 @@ class TrainConfig:
     data_seeds: Optional[list[int]] = None
     #: additive Gaussian noise augmentation: sd drawn uniformly in [0, this] window units (1 = 1400 HU)
     noise_aug: float = 0.0
+    #: nodule patches: pick a nodule first, then one of its voxels (small nodules as often as large
+    #: ones); False picks a nodule voxel uniformly (large nodules dominate), as 1.0.0 / 1.1.0 did
+    per_nodule_sampling: bool = False
     #: write a checkpoint every this many steps (0: none); the final weights are the run's result
     checkpoint_every: int = 0
     network_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -62,6 +65,7 @@ class _Sample:
     image: np.ndarray  # float16 [k, j, i], windowed to [0, 1]
     target: np.ndarray  # uint8 [k, j, i]
     nodule_voxels: np.ndarray  # (n, 3) indices
+    nodule_ids: np.ndarray  # (n,) the connected nodule each of nodule_voxels belongs to (0-based)
     negative_voxels: np.ndarray  # (m, 3) indices
     lung_voxels: np.ndarray  # (l, 3) indices
 
@@ -85,7 +89,9 @@ def _prepare(case, card: ModelCard, rng: np.random.Generator) -> _Sample:
     def _sub(a: np.ndarray, n: int) -> np.ndarray:
         return a if len(a) <= n else a[rng.choice(len(a), n, replace=False)]
 
-    return _Sample(arr.astype(np.float16), target.astype(np.uint8), np.argwhere(target),
+    comp, _ = ndimage.label(target, structure=np.ones((3, 3, 3)))
+    nod = np.argwhere(target)
+    return _Sample(arr.astype(np.float16), target.astype(np.uint8), nod, comp[tuple(nod.T)] - 1,
                    _sub(negatives, 20000), _sub(lung, 20000))
 
 
@@ -172,7 +178,12 @@ def train_lung_nodule(cfg: TrainConfig, out_dir: str | os.PathLike[str], *,
             u = rng.random()
             if u < cfg.p_nodule and with_nodules:
                 s = samples[with_nodules[rng.integers(len(with_nodules))]]
-                centre = s.nodule_voxels[rng.integers(len(s.nodule_voxels))]
+                if cfg.per_nodule_sampling:
+                    pick = rng.integers(int(s.nodule_ids.max()) + 1)
+                    members = np.flatnonzero(s.nodule_ids == pick)
+                    centre = s.nodule_voxels[members[rng.integers(len(members))]]
+                else:
+                    centre = s.nodule_voxels[rng.integers(len(s.nodule_voxels))]
             else:
                 s = samples[rng.integers(len(samples))]
                 pool = s.negative_voxels if (u < cfg.p_nodule + cfg.p_hard_negative and len(s.negative_voxels)) else s.lung_voxels
