@@ -16,6 +16,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the recipe's)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--init", help="continue from this state_dict (a second training stage)")
+    p.add_argument("--data-seeds", help="comma-separated phantom sets (each --cases phantoms), e.g. 0,1,2")
+    p.add_argument("--batch", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--p-nodule", type=float, default=None, help="fraction of patches centred on nodules")
+    p.add_argument("--p-hard-negative", type=float, default=None,
+                   help="fraction centred on vessels, airway walls and chest wall (the rest: random lung)")
+    p.add_argument("--noise-aug", type=float, default=None, help="max sd of added noise (window units)")
+    p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--per-nodule-sampling", action="store_true",
+                   help="centre nodule patches on a nodule drawn uniformly, so small nodules are seen as often as large ones")
     p.set_defaults(func=_train)
 
 
@@ -31,6 +41,13 @@ def _train(args: argparse.Namespace) -> int:
         cfg.init = args.init
     if args.threads is not None:
         cfg.threads = args.threads
+    if args.data_seeds:
+        cfg.data_seeds = [int(x) for x in args.data_seeds.split(",") if x.strip()]
+    if args.per_nodule_sampling:
+        cfg.per_nodule_sampling = True
+    for name in ("batch", "lr", "p_nodule", "p_hard_negative", "noise_aug", "checkpoint_every"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
     result = train_lung_nodule(cfg, args.out, log=lambda m: print(m, file=sys.stderr, flush=True))
     print(json.dumps(result, indent=2))
     return 0

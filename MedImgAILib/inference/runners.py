@@ -330,14 +330,30 @@ def probabilities_to_labels(probs_src: np.ndarray, card: ModelCard) -> np.ndarra
     return out
 
 
+def component_elongation(coords_kji: np.ndarray, voxel_axes_mm: np.ndarray) -> float:
+    """sqrt(largest / second largest eigenvalue) of the covariance of voxel positions in mm: ~1 for a
+    sphere or a disc (a nodule, also one flattened or stretched a little by thick slices), large for a
+    tube (a vessel or an airway wall segment). ``voxel_axes_mm`` is the affine's 3x3 (IJK -> LPS)."""
+    if len(coords_kji) < 4:
+        return 1.0
+    pts = coords_kji[:, ::-1].astype(np.float64) @ np.asarray(voxel_axes_mm, np.float64).T
+    ev = np.sort(np.linalg.eigvalsh(np.cov(pts.T)))[::-1]
+    return float(np.sqrt(max(ev[0], 1e-9) / max(ev[1], 1e-9)))
+
+
 def remove_small_components(labels: np.ndarray, card: ModelCard, voxel_volume_mm3: float,
-                            probability: Optional[np.ndarray] = None) -> np.ndarray:
+                            probability: Optional[np.ndarray] = None,
+                            voxel_axes_mm: Optional[np.ndarray] = None) -> np.ndarray:
+    """Drop components that the card's postprocessing rules out: under the label's minimum volume,
+    mean probability under ``min_component_probability``, or (with ``voxel_axes_mm``, the affine's
+    3x3) tubular beyond ``max_elongation``."""
     from scipy import ndimage
 
     pp = card.postprocessing_spec
+    use_shape = pp.max_elongation > 0 and voxel_axes_mm is not None
     for lab in card.labels:
         min_vox = max(lab.min_volume_mm3, card.min_lesion_volume_mm3) / voxel_volume_mm3
-        if not pp.remove_small_components and pp.min_component_probability == 0:
+        if not pp.remove_small_components and pp.min_component_probability == 0 and not use_shape:
             continue
         mask = labels == lab.value
         if not mask.any():
@@ -350,6 +366,12 @@ def remove_small_components(labels: np.ndarray, card: ModelCard, voxel_volume_mm
             drop[1:] |= sizes < min_vox
         if probability is not None and pp.min_component_probability > 0:
             drop[1:] |= ndimage.mean(probability, comp, idx) < pp.min_component_probability
+        if use_shape:
+            for c, sl in enumerate(ndimage.find_objects(comp), start=1):
+                if sl is None or drop[c]:
+                    continue
+                pts = np.argwhere(comp[sl] == c) + np.array([s.start for s in sl])
+                drop[c] = component_elongation(pts, voxel_axes_mm) > pp.max_elongation  # type: ignore[arg-type]
         labels[drop[comp] & mask] = 0
     return labels
 
@@ -422,7 +444,7 @@ def _back_to_source(probs: np.ndarray, grid: geo.Grid, volume: Volume, box: Opti
             fg_sub = (1.0 - back[0]) if card.postprocessing_spec.activation == "softmax" else back.max(axis=0)
             # every foreground component lies inside the sub-box (it holds all non-negligible
             # probability), so components are analysed there, not over the whole series
-            lab_sub = remove_small_components(lab_sub, card, volume.voxel_volume_mm3, fg_sub)
+            lab_sub = remove_small_components(lab_sub, card, volume.voxel_volume_mm3, fg_sub, volume.affine[:3, :3])
             # sub-box of the target -> full source indices
             off = np.asarray(box.lo if box is not None else (0, 0, 0)) + tlo
             full_sl = tuple(slice(int(a), int(a + s)) for a, s in zip(off, lab_sub.shape))
@@ -557,7 +579,7 @@ class ExternalRunner(Runner):
                 if unknown:
                     ctx.warnings.append(f"external output holds label values {unknown} that the card does not define; set to 0")
                     labels[np.isin(labels, unknown)] = 0
-                labels = remove_small_components(labels, self.card, volume.voxel_volume_mm3)
+                labels = remove_small_components(labels, self.card, volume.voxel_volume_mm3, voxel_axes_mm=volume.affine[:3, :3])
         return Prediction(labels=volume.with_array(labels))
 
 

@@ -44,6 +44,17 @@ class TrainConfig:
     #: fractions of patches centred on nodules / hard negatives; the rest is random lung
     p_nodule: float = 0.6
     p_hard_negative: float = 0.3
+    #: phantom sets: for each data seed d, ``cases`` phantoms (seeds d*7919+n) with acquisitions drawn
+    #: from a generator seeded by d (the recipe of a one-set run with ``seed=d``, so earlier runs'
+    #: cached phantoms are reused); None = the single set of ``seed``
+    data_seeds: Optional[list[int]] = None
+    #: additive Gaussian noise augmentation: sd drawn uniformly in [0, this] window units (1 = 1400 HU)
+    noise_aug: float = 0.0
+    #: nodule patches: pick a nodule first, then one of its voxels (small nodules as often as large
+    #: ones); False picks a nodule voxel uniformly (large nodules dominate), as 1.0.0 / 1.1.0 did
+    per_nodule_sampling: bool = False
+    #: write a checkpoint every this many steps (0: none); the final weights are the run's result
+    checkpoint_every: int = 0
     network_kwargs: dict[str, Any] = field(default_factory=dict)
     #: continue from these weights (a state_dict from an earlier run), e.g. a second stage on new phantoms
     init: Optional[str] = None
@@ -54,6 +65,7 @@ class _Sample:
     image: np.ndarray  # float16 [k, j, i], windowed to [0, 1]
     target: np.ndarray  # uint8 [k, j, i]
     nodule_voxels: np.ndarray  # (n, 3) indices
+    nodule_ids: np.ndarray  # (n,) the connected nodule each of nodule_voxels belongs to (0-based)
     negative_voxels: np.ndarray  # (m, 3) indices
     lung_voxels: np.ndarray  # (l, 3) indices
 
@@ -77,11 +89,14 @@ def _prepare(case, card: ModelCard, rng: np.random.Generator) -> _Sample:
     def _sub(a: np.ndarray, n: int) -> np.ndarray:
         return a if len(a) <= n else a[rng.choice(len(a), n, replace=False)]
 
-    return _Sample(arr.astype(np.float16), target.astype(np.uint8), np.argwhere(target),
+    comp, _ = ndimage.label(target, structure=np.ones((3, 3, 3)))
+    nod = np.argwhere(target)
+    return _Sample(arr.astype(np.float16), target.astype(np.uint8), nod, comp[tuple(nod.T)] - 1,
                    _sub(negatives, 20000), _sub(lung, 20000))
 
 
-def _patch(sample: _Sample, centre: np.ndarray, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _patch(sample: _Sample, centre: np.ndarray, size: int, rng: np.random.Generator,
+           noise_aug: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """A size^3 patch around ``centre`` (jittered), padded with air (0) outside the volume."""
     c = centre + rng.integers(-size // 4, size // 4 + 1, size=3)
     lo = c - size // 2
@@ -102,6 +117,8 @@ def _patch(sample: _Sample, centre: np.ndarray, size: int, rng: np.random.Genera
         if rng.random() < 0.5:
             img, tgt = np.flip(img, ax), np.flip(tgt, ax)
     img = img * rng.uniform(0.95, 1.05) + rng.uniform(-0.02, 0.02)
+    if noise_aug > 0:  # scanner noise between low-dose and routine, on top of the phantom's own
+        img = img + rng.normal(0.0, rng.uniform(0.0, noise_aug), size=img.shape).astype(np.float32)
     return np.ascontiguousarray(img), np.ascontiguousarray(tgt)
 
 
@@ -122,14 +139,19 @@ def train_lung_nodule(cfg: TrainConfig, out_dir: str | os.PathLike[str], *,
     # --- data: phantoms preprocessed exactly as at inference ---------------------------------------
     samples: list[_Sample] = []
     acquisitions: list[dict[str, Any]] = []
-    for n in range(cfg.cases):
-        seed = (cfg.seed * 7919 + n) % TRAIN_SEED_LIMIT
-        acq = sample_acquisition(rng)
-        case = phantom_case(seed, **acq)
-        samples.append(_prepare(case, card, rng))
-        acquisitions.append({"seed": seed, **acq})
-        log(f"phantom {n + 1}/{cfg.cases} seed {seed} {acq} grid {samples[-1].image.shape} "
-            f"nodule voxels {len(samples[-1].nodule_voxels)}")
+    data_seeds = cfg.data_seeds if cfg.data_seeds is not None else [cfg.seed]
+    for ds in data_seeds:
+        # one-set runs draw data from the main generator (as the 1.0.0 recipe did); several sets each
+        # from their own, so that set d is the same phantoms whatever else is trained with it
+        drng = rng if cfg.data_seeds is None else np.random.default_rng(ds)
+        for n in range(cfg.cases):
+            seed = (ds * 7919 + n) % TRAIN_SEED_LIMIT
+            acq = sample_acquisition(drng)
+            case = phantom_case(seed, **acq)
+            samples.append(_prepare(case, card, drng))
+            acquisitions.append({"seed": seed, **acq})
+            log(f"phantom {len(samples)}/{cfg.cases * len(data_seeds)} seed {seed} {acq} grid {samples[-1].image.shape} "
+                f"nodule voxels {len(samples[-1].nodule_voxels)}")
     t_data = time.perf_counter() - t_start
 
     # --- model and optimisation --------------------------------------------------------------------
@@ -156,12 +178,17 @@ def train_lung_nodule(cfg: TrainConfig, out_dir: str | os.PathLike[str], *,
             u = rng.random()
             if u < cfg.p_nodule and with_nodules:
                 s = samples[with_nodules[rng.integers(len(with_nodules))]]
-                centre = s.nodule_voxels[rng.integers(len(s.nodule_voxels))]
+                if cfg.per_nodule_sampling:
+                    pick = rng.integers(int(s.nodule_ids.max()) + 1)
+                    members = np.flatnonzero(s.nodule_ids == pick)
+                    centre = s.nodule_voxels[members[rng.integers(len(members))]]
+                else:
+                    centre = s.nodule_voxels[rng.integers(len(s.nodule_voxels))]
             else:
                 s = samples[rng.integers(len(samples))]
                 pool = s.negative_voxels if (u < cfg.p_nodule + cfg.p_hard_negative and len(s.negative_voxels)) else s.lung_voxels
                 centre = pool[rng.integers(len(pool))] if len(pool) else np.asarray(s.image.shape) // 2
-            img, tgt = _patch(s, np.asarray(centre), cfg.patch, rng)
+            img, tgt = _patch(s, np.asarray(centre), cfg.patch, rng, cfg.noise_aug)
             imgs.append(img)
             tgts.append(tgt)
         x = torch.from_numpy(np.stack(imgs))[:, None]
@@ -172,6 +199,9 @@ def train_lung_nodule(cfg: TrainConfig, out_dir: str | os.PathLike[str], *,
         opt.step()
         sched.step()
         losses.append(loss.item())
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            torch.save({k: v.detach().clone().contiguous() for k, v in net.state_dict().items()},
+                       out / f"checkpoint-{step + 1}.pt")
         if step % 25 == 0 or step == cfg.steps - 1:
             log(f"step {step + 1}/{cfg.steps} loss {np.mean(losses[-25:]):.4f} lr {sched.get_last_lr()[0]:.2e} "
                 f"({time.perf_counter() - t_start:.0f} s)")

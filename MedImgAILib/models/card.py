@@ -129,6 +129,9 @@ class PostprocessingSpec(_Strict):
     remove_small_components: bool = True
     #: keep only components whose mean probability of their label exceeds this (0 keeps all)
     min_component_probability: float = Field(default=0.0, ge=0, lt=1)
+    #: drop tubular components (vessels, airway walls): those whose elongation, sqrt(largest / second
+    #: largest eigenvalue of the covariance of their voxel positions in mm), exceeds this (0 keeps all)
+    max_elongation: float = Field(default=0.0, ge=0)
 
 
 class RunnerSpec(_Strict):

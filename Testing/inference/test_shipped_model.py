@@ -43,11 +43,11 @@ def test_infer_cli_finds_the_nodules_of_a_dicom_phantom_series(tmp_path):
         lut[n["label_value"]] = i
     sc = score_case(lab.array, lab.affine, nodules, lut[case.labels])
     assert all(n["detected"] for n in sc["nodules"]), sc
-    # the 1.0.0 weights are weak (card: ~28 FP/scan on fresh phantoms); this bound records that level
-    # so that a regression shows, and must come down to ~1 with a better model
-    assert sc["false_positives"] <= 40, sc
-    # volumes: the card reports a median |error| of ~45 %; single nodules are off by up to ~80 %
-    assert all(n["predicted_volume_mm3"] > 0.1 * n["volume_mm3"] for n in sc["nodules"]), sc
+    # weights 1.1.0 (card: 4.25 FP/scan on 2.5 mm test phantoms, 8.2 overall); the bound leaves a margin
+    # for this one case and must come down further with a better model (target ~1)
+    assert sc["false_positives"] <= 15, sc
+    # volumes: the card reports a median |error| of ~35 %; single nodules are off by up to ~60 %
+    assert all(0.3 * n["volume_mm3"] < n["predicted_volume_mm3"] < 2.5 * n["volume_mm3"] for n in sc["nodules"]), sc
 
 
 @pytest.mark.parametrize("thickness,kernel,noise", [(1.0, "soft", "low"), (5.0, "sharp", "high")])
@@ -59,7 +59,8 @@ def test_nodules_not_vessels_across_acquisitions(thickness, kernel, noise):
     res = run_model("ct-lung-nodule", case.volume, device="cpu")
     assert res.labels.array.shape == case.volume.array.shape
     sc = score_case(res.labels.array, case.volume.affine, case.nodules, case.nodule_label_map)
-    assert sum(n["detected"] for n in sc["nodules"]) >= len(sc["nodules"]) - (2 if thickness >= 5 else 1), sc
-    # vessels, bronchial walls and dense parenchyma still come out as nodules with the 1.0.0 weights
-    # (card: 15-59 FP/scan by slice thickness); this bound guards against getting worse
-    assert sc["false_positives"] <= (100 if thickness >= 5 else 40), sc
+    assert sum(n["detected"] for n in sc["nodules"]) >= len(sc["nodules"]) - (1 if thickness >= 5 else 0), sc
+    # weights 1.1.0 (card: 1.5-4.3 FP/scan on 0.625-2.5 mm slices, ~24 on 5 mm; this 5 mm sharp, low-dose
+    # case measured 41, the 1 mm case 3): vessels and airway walls on thick noisy slices are still its
+    # weak point; the bounds guard against getting worse
+    assert sc["false_positives"] <= (60 if thickness >= 5 else 8), sc
