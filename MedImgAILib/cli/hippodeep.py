@@ -13,6 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..fileio import atomic_output
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -31,17 +33,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: the CPUs available)")
     p.add_argument("--offline", action="store_true", help="never download weights")
     p.set_defaults(func=handler)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _atomic_write_nifti(volume, path: Path) -> None:
@@ -79,7 +70,8 @@ def write_outputs(out_dir: Path, result, analysis) -> list[Path]:
     w.writerow(["measurement", "value"])
     for k, v in analysis.study_measurements.items():
         w.writerow([k, repr(float(v))])
-    _atomic_write_text(out_dir / "volumes.csv", buf.getvalue())
+    with atomic_output(out_dir / "volumes.csv", "w") as fh:
+        fh.write(buf.getvalue())
     written.append(out_dir / "volumes.csv")
     analysis.outputs.label_map = str(out_dir / "hippocampus_labels.nii.gz")
     analysis.outputs.instance_map = analysis.outputs.label_map  # one value per finding (1 left, 2 right)

@@ -22,8 +22,6 @@ import io
 import itertools
 import json
 import math
-import os
-import tempfile
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
@@ -36,6 +34,7 @@ from scipy import ndimage as ndi
 
 from ..errors import MedImgAIError, ModelError
 from ..results import Finding
+from ..fileio import atomic_output
 from ..volume import Volume, affine_from_geometry
 from .quality import component_sizes, dilate2d, open2d
 
@@ -721,14 +720,8 @@ PLOTS = [
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as fh:
+        fh.write(data)
 
 
 def _plot(result: SweepResult, metric: str, title: str) -> bytes:
