@@ -18,7 +18,7 @@ import numpy as np
 from ..results import AnalysisResult, Code, Finding
 from ..volume import Volume
 from .context import SceneContext
-from .convert import image_data_from_array, ijk_to_ras_matrix, lps_to_ras
+from .convert import affine_lps_from_node, image_data_from_array, ijk_to_ras_matrix, lps_to_ras
 
 ATTR_RESULT = "MedImgAI.AIResult"
 ATTR_ROLE = "MedImgAI.Role"
@@ -156,6 +156,26 @@ def fill_table(table: Any, findings: list[Finding]) -> None:
     table.Modified()
 
 
+def find_source_volume_node(ctx: SceneContext, volume: Volume) -> Any:
+    """The scalar volume node already in the scene that holds exactly ``volume``'s series on its grid, or
+    None. Identity is the DICOM instance list Slicer's DICOM loader records on the node (or that
+    ``add_source_volume`` sets); the grid must match too, since the label map is drawn on it."""
+    if not volume.source_sop_instance_uids:
+        return None
+    # a set: Slicer's DICOM plugin records the instances in its own file order, which need not be ours
+    wanted = set(volume.source_sop_instance_uids)
+    for i in range(ctx.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+        node = ctx.scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode")
+        if node.IsA("vtkMRMLLabelMapVolumeNode") or set((node.GetAttribute("DICOM.instanceUIDs") or "").split()) != wanted:
+            continue
+        image = node.GetImageData()
+        if image is None or tuple(reversed(image.GetDimensions())) != volume.array.shape:
+            continue
+        if np.allclose(affine_lps_from_node(node), volume.affine, atol=1e-3):
+            return node
+    return None
+
+
 def build_result_nodes(
     ctx: SceneContext,
     volume: Volume,
@@ -173,7 +193,12 @@ def build_result_nodes(
     scene = ctx.scene
     # created first, so that the subject hierarchy logic gives every node below an item as it is added
     sh = scene.GetSubjectHierarchyNode()
-    vol_node = add_source_volume(ctx, volume, name=f"{volume.modality or 'Image'} {volume.series_instance_uid[-8:]}".strip())
+    # The radiologist usually analysed a series already loaded in Slicer: review on that node rather than a
+    # second copy, which would leave two identical volumes in the data tree and double the memory.
+    vol_node = find_source_volume_node(ctx, volume)
+    reused = vol_node is not None
+    if vol_node is None:
+        vol_node = add_source_volume(ctx, volume, name=f"{volume.modality or 'Image'} {volume.series_instance_uid[-8:]}".strip())
 
     ai_lab = _add_volume_node(ctx, volume.with_array(instance_labels.astype(np.int16)), "AI label map (as produced)", "vtkMRMLLabelMapVolumeNode")
     ai_lab.SetAttribute(ATTR_ROLE, "ai-instance-labels")
@@ -217,10 +242,15 @@ def build_result_nodes(
     table = scene.AddNewNodeByClass("vtkMRMLTableNode", "AI findings table")
     fill_table(table, result.findings)
 
-    patient_item = sh.CreateSubjectItem(sh.GetSceneItemID(), patient_name)
-    study_item = sh.CreateStudyItem(patient_item, study_name)
-    if result.study_instance_uid:
-        sh.SetItemUID(study_item, "DICOM", result.study_instance_uid)
+    # a reused series stays where the DICOM browser put it, and the result joins its study there
+    existing_parent = sh.GetItemParent(sh.GetItemByDataNode(vol_node)) if reused and sh.GetItemByDataNode(vol_node) else 0
+    if existing_parent and existing_parent != sh.GetSceneItemID():
+        study_item = existing_parent
+    else:
+        patient_item = sh.CreateSubjectItem(sh.GetSceneItemID(), patient_name)
+        study_item = sh.CreateStudyItem(patient_item, study_name)
+        if result.study_instance_uid:
+            sh.SetItemUID(study_item, "DICOM", result.study_instance_uid)
     for node in [vol_node, ai_lab, seg, table, *[n for e in lines.values() for n in e.values()]]:
         item = sh.GetItemByDataNode(node)
         if item:

@@ -160,3 +160,56 @@ def test_scene_survives_an_mrb_round_trip(built, tmp_path):
     lines = ctx2.scene.GetNodesByClass("vtkMRMLMarkupsLineNode")
     assert lines.GetNumberOfItems() == 4
     assert AnalysisResult.model_validate_json(seg.GetAttribute("MedImgAI.AIResult")).findings[0].id == "F1"
+
+
+def _plain_volume_nodes(ctx) -> list:
+    n = ctx.scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")
+    nodes = [ctx.scene.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode") for i in range(n)]
+    return [x for x in nodes if not x.IsA("vtkMRMLLabelMapVolumeNode")]
+
+
+def test_review_reuses_the_series_already_loaded_instead_of_a_second_copy():
+    from MedImgAILib.scene.build import add_source_volume
+
+    vol, labels, result = small_ct()
+    vol.source_sop_instance_uids = [f"1.2.826.0.1.3680043.8.498.3.{k}" for k in range(vol.array.shape[0])]
+    ctx = new_scene()
+    loaded = add_source_volume(ctx, vol, name="as loaded by the DICOM browser")
+    nodes = build_result_nodes(ctx, vol, labels, result, specs={"nodule": SPEC})
+    assert nodes.volume is loaded
+    assert len(_plain_volume_nodes(ctx)) == 1
+
+
+def test_review_does_not_reuse_a_node_of_another_series_or_grid():
+    from MedImgAILib.scene.build import add_source_volume
+
+    vol, labels, result = small_ct()
+    uids = [f"1.2.826.0.1.3680043.8.498.3.{k}" for k in range(vol.array.shape[0])]
+    vol.source_sop_instance_uids = uids
+    ctx = new_scene()
+    other = vol.with_array(vol.array.copy())
+    other.source_sop_instance_uids = [u + "9" for u in uids]  # another series
+    add_source_volume(ctx, other)
+    shifted = Volume(array=vol.array, affine=vol.affine.copy(), modality="CT",
+                     series_instance_uid=vol.series_instance_uid, source_sop_instance_uids=uids)
+    shifted.affine[:3, 3] += 5.0  # same instances but resampled elsewhere: the labels would not fit it
+    add_source_volume(ctx, shifted)
+    nodes = build_result_nodes(ctx, vol, labels, result, specs={"nodule": SPEC})
+    assert len(_plain_volume_nodes(ctx)) == 3
+    np.testing.assert_allclose(affine_lps_from_node(nodes.volume), vol.affine)
+
+
+def test_a_reused_series_keeps_its_place_and_the_result_joins_its_study():
+    from MedImgAILib.scene.build import add_source_volume
+
+    vol, labels, result = small_ct()
+    vol.source_sop_instance_uids = [f"1.2.826.0.1.3680043.8.498.3.{k}" for k in range(vol.array.shape[0])]
+    ctx = new_scene()
+    sh = ctx.scene.GetSubjectHierarchyNode()
+    loaded = add_source_volume(ctx, vol)
+    study = sh.CreateStudyItem(sh.CreateSubjectItem(sh.GetSceneItemID(), "as the DICOM browser made it"), "CT chest")
+    sh.CreateItem(study, loaded)
+    nodes = build_result_nodes(ctx, vol, labels, result, specs={"nodule": SPEC})
+    assert nodes.study_item == study
+    for node in (nodes.volume, nodes.segmentation, nodes.table):
+        assert sh.GetItemParent(sh.GetItemByDataNode(node)) == study
