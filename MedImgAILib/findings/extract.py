@@ -177,18 +177,26 @@ def extract_findings(
     if probability_reduce not in ("max", "mean"):
         raise FindingsError(f"probability_reduce must be 'max' or 'mean', not {probability_reduce!r}")
     arr = np.asarray(labels.array)
-    present = [int(v) for v in np.unique(arr) if v != 0]
     specs = {s.value: s for s in (label_specs or [])}
-    for v in present:
-        specs.setdefault(v, LabelSpec(value=v, name=f"label {v}"))
     vox_mm3 = labels.voxel_volume_mm3
     structure = ndimage.generate_binary_structure(3, connectivity)
     findings: list[Finding] = []
     instance = np.zeros(arr.shape, dtype=np.uint16) if return_instance_map else None
+    # Lesions fill a few percent of the volume at most: find, label and count components only inside
+    # the bounding box of everything labelled. Every component lies wholly inside it and the crop keeps
+    # the raster order, so the components (and their numbering) are the full volume's.
+    fg_box = _foreground_box(arr)
+    if fg_box is None:
+        return (findings, instance) if instance is not None else findings
+    sub = arr[fg_box]
+    origin = tuple(s.start for s in fg_box)
+    present = [int(v) for v in np.unique(sub) if v != 0]
+    for v in present:
+        specs.setdefault(v, LabelSpec(value=v, name=f"label {v}"))
     for v in present:
         spec = specs[v]
         min_mm3 = spec.min_size_mm3 if min_size_mm3 is None else min_size_mm3
-        comp, n = ndimage.label(arr == v, structure=structure)
+        comp, n = ndimage.label(sub == v, structure=structure)
         if n == 0:
             continue
         counts = np.bincount(comp.ravel())[1:]
@@ -197,8 +205,15 @@ def extract_findings(
         for idx in order:
             if counts[idx] * vox_mm3 < min_mm3:
                 continue
-            bb = _expand(objects[idx], arr.shape, 3)
-            mask = comp[bb] == (idx + 1)
+            obj = tuple(slice(s.start + o, s.stop + o) for s, o in zip(objects[idx], origin))
+            bb = _expand(obj, arr.shape, 3)
+            # the component's mask on the expanded box: the crop's labels where they overlap it
+            # (the margin beyond the foreground box holds no label, hence no voxel of this component)
+            mask = np.zeros(tuple(s.stop - s.start for s in bb), dtype=bool)
+            inner = tuple(slice(max(b.start, f.start), min(b.stop, f.stop)) for b, f in zip(bb, fg_box))
+            mask[tuple(slice(i.start - b.start, i.stop - b.start) for i, b in zip(inner, bb))] = (
+                comp[tuple(slice(i.start - o, i.stop - o) for i, o in zip(inner, origin))] == (idx + 1)
+            )
             f = measure_component(
                 mask, bb, labels, image, probability, spec, probability_reduce=probability_reduce, thresholds=thresholds,
                 partial_volume=partial_volume,
@@ -212,6 +227,19 @@ def extract_findings(
     if instance is not None:
         return findings, instance
     return findings
+
+
+def _foreground_box(arr: np.ndarray) -> Optional[tuple[slice, slice, slice]]:
+    """Bounding box of the non-zero voxels, or None when there are none. The slice range comes from
+    one pass over the volume; the row/column ranges only from the slices in it."""
+    nk = arr.shape[0]
+    ks = np.flatnonzero(arr.reshape(nk, -1).any(axis=1))
+    if ks.size == 0:
+        return None
+    slab = arr[ks[0] : ks[-1] + 1]
+    js = np.flatnonzero(slab.any(axis=(0, 2)))
+    is_ = np.flatnonzero(slab.any(axis=(0, 1)))
+    return slice(int(ks[0]), int(ks[-1]) + 1), slice(int(js[0]), int(js[-1]) + 1), slice(int(is_[0]), int(is_[-1]) + 1)
 
 
 def _expand(bb: tuple[slice, ...], shape: tuple[int, ...], margin: int) -> tuple[slice, slice, slice]:
