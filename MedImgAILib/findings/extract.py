@@ -185,7 +185,7 @@ def extract_findings(
     # Lesions fill a few percent of the volume at most: find, label and count components only inside
     # the bounding box of everything labelled. Every component lies wholly inside it and the crop keeps
     # the raster order, so the components (and their numbering) are the full volume's.
-    fg_box = _foreground_box(arr)
+    fg_box = foreground_box(arr)
     if fg_box is None:
         return (findings, instance) if instance is not None else findings
     sub = arr[fg_box]
@@ -229,7 +229,7 @@ def extract_findings(
     return findings
 
 
-def _foreground_box(arr: np.ndarray) -> Optional[tuple[slice, slice, slice]]:
+def foreground_box(arr: np.ndarray) -> Optional[tuple[slice, slice, slice]]:
     """Bounding box of the non-zero voxels, or None when there are none. The slice range comes from
     one pass over the volume; the row/column ranges only from the slices in it."""
     nk = arr.shape[0]
