@@ -63,6 +63,11 @@ class _Background:
         finally:
             self.run_s = time.perf_counter() - t0
 
+    def join(self) -> None:
+        """Wait for a started job without taking its result (or error)."""
+        if self._started:
+            self._thread.join()
+
     def result(self) -> Any:
         t0 = time.perf_counter()
         if self._started:
@@ -328,10 +333,15 @@ def _analyze(source: str, opts: AnalysisOptions, run: _Run) -> AnalysisResult:
                                start=opts.overlap)
         try:
             _export(run.work, card, volume, instance_map, result, headers_job.result() if files else files, opts)
-        finally:
-            maps_job.result()
-        run.timings["export.source_headers_wait"] = headers_job.wait_s
-        run.timings["export.source_headers_background"] = headers_job.run_s if opts.overlap else 0.0
+        except BaseException:
+            maps_job.join()  # the export's error is the one to report; the work folder goes afterwards
+            raise
+        maps_job.result()
+        if opts.overlap:  # what ran on threads (its own duration) and how long the stage waited for it
+            run.timings["export.source_headers_background"] = headers_job.run_s
+            run.timings["export.source_headers_wait"] = headers_job.wait_s
+            run.timings["export.nifti_background"] = maps_job.run_s
+            run.timings["export.nifti_wait"] = maps_job.wait_s
     if opts.send_to:
         with run.step("send", 0.95, f"sending SEG/SR to {opts.send_to}"):
             _send(run.work, opts, result)

@@ -199,8 +199,9 @@ def extract_findings(
         comp, n = ndimage.label(sub == v, structure=structure)
         if n == 0:
             continue
-        counts = np.bincount(comp.ravel())[1:]
         objects = ndimage.find_objects(comp)
+        # voxel counts inside each component's own box (a bincount over the whole crop costs more)
+        counts = np.array([np.count_nonzero(comp[o] == i) for i, o in enumerate(objects, start=1)], dtype=np.int64)
         order = np.argsort(-counts, kind="stable")
         for idx in order:
             if counts[idx] * vox_mm3 < min_mm3:
