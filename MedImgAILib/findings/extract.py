@@ -101,15 +101,23 @@ def largest_axial_axes(
     return best
 
 
-def body_midline_x_lps(image: Volume, k: int) -> Optional[float]:
-    """LPS x of the body's left-right centre on slice k: the middle of the largest connected region
-    above -500 HU (the body, not the table or air). None when no body is visible."""
-    sl = image.array[k] > -500
-    lab, n = ndimage.label(sl)
+def body_region(image: Volume, k: int) -> Optional[np.ndarray]:
+    """The largest connected region above -500 HU on slice k (the body, not the table or air); None
+    when there is none. (The first of equal largest regions, as ``argmax`` picks.)"""
+    lab, n = ndimage.label(np.asarray(image.array[k]) > -500)
     if n == 0:
         return None
-    sizes = ndimage.sum_labels(sl, lab, index=np.arange(1, n + 1))
-    body = lab == (int(np.argmax(sizes)) + 1)
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+    return lab == (int(np.argmax(sizes)) + 1)
+
+
+def body_midline_x_lps(image: Volume, k: int, body: Optional[np.ndarray] = None) -> Optional[float]:
+    """LPS x of the body's left-right centre on slice k: the middle of the largest connected region
+    above -500 HU (the body, not the table or air). None when no body is visible. ``body``: that
+    region when the caller has it already (``body_region``)."""
+    body = body_region(image, k) if body is None else body
+    if body is None or not body.any():
+        return None
     j, i = np.nonzero(body)
     # extremes along the patient x axis of the body region
     ijk = np.stack([i, j, np.full_like(i, k), np.ones_like(i)], axis=1).astype(np.float64)
@@ -117,7 +125,8 @@ def body_midline_x_lps(image: Volume, k: int) -> Optional[float]:
     return float((x.min() + x.max()) / 2.0)
 
 
-def pleural_contact_fraction(image: Volume, mask: np.ndarray, off: tuple[int, int, int], k: int) -> float:
+def pleural_contact_fraction(image: Volume, mask: np.ndarray, off: tuple[int, int, int], k: int,
+                             body: Optional[np.ndarray] = None) -> float:
     """Fraction of the lesion's area on slice k that is continuous with the chest wall or the
     mediastinum rather than enclosed by lung.
 
@@ -125,13 +134,13 @@ def pleural_contact_fraction(image: Volume, mask: np.ndarray, off: tuple[int, in
     (<= -500 HU) with its holes filled, which takes in everything surrounded by lung (vessels seen in
     cross-section, free nodules); wall = body outside the cavity. A nodule attached to the pleura is
     not enclosed by air, so its voxels are wall. A heuristic (vessels running in-plane to the hilum
-    can join a nodule to the mediastinum): it sets ``Finding.juxtapleural`` at >= 10 %."""
+    can join a nodule to the mediastinum): it sets ``Finding.juxtapleural`` at >= 10 %. ``body``: the
+    slice's ``body_region`` when the caller has it already."""
     sl = np.asarray(image.array[k])
-    lab, n = ndimage.label(sl > -500)
-    if n == 0:
+    region = body_region(image, k) if body is None else body
+    if region is None or not region.any():
         return 0.0
-    sizes = ndimage.sum_labels(np.ones(sl.shape), lab, index=np.arange(1, n + 1))
-    body = ndimage.binary_fill_holes(lab == (int(np.argmax(sizes)) + 1))
+    body = ndimage.binary_fill_holes(region)
     cavity = ndimage.binary_fill_holes(body & (sl <= -500))
     wall = body & ~cavity
     m = mask[k - off[0]]
@@ -402,9 +411,11 @@ def _lung_attributes(
         f.solid_core_mean_diameter_mm = core_axes.mean_mm
     else:
         f.type = "ground-glass"
-    f.juxtapleural = bool(pleural_contact_fraction(image, mask, off, int(f.slice_index or 0)) >= 0.1)
+    k = int(f.slice_index or 0)
+    body = body_region(image, k)  # one labelling of the slice for both questions
+    f.juxtapleural = bool(pleural_contact_fraction(image, mask, off, k, body=body) >= 0.1)
     # side: LPS +x is the patient's left
-    mid = body_midline_x_lps(image, int(f.slice_index or 0))
+    mid = body_midline_x_lps(image, k, body=body)
     if mid is not None:
         f.side = "left" if f.center_lps_mm[0] > mid else "right"
         if f.site_code is None:
