@@ -76,9 +76,11 @@ def main() -> None:
     runs: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
 
     def one(mode: str, n: int) -> dict[str, float]:
+        kw = {"overlap": mode == "overlap"} if "overlap" in AnalysisOptions.__dataclass_fields__ else {}
+        if mode == "overlap" and not kw:
+            raise SystemExit("this version of the pipeline has no overlap mode: use --modes sequential")
         result = analyze(tmp / "study", tmp / f"out{n}", AnalysisOptions(
-            model_id="ct-lung-nodule", device=args.device, send_to="pacs", pacs_settings=settings,
-            overlap=(mode == "overlap")))
+            model_id="ct-lung-nodule", device=args.device, send_to="pacs", pacs_settings=settings, **kw))
         st = _stages(result.timings_s)
         bg = ", ".join(f"{k.split('.')[0]}:{k.split('.')[-1].replace('_background', '')} {st[k]:.2f}"
                        for k in BACKGROUND if st[k])
