@@ -37,8 +37,9 @@ Progress = Callable[[float, str], None]
 DEFAULT_RULE_SETS = {"39607008": ["lung-rads", "fleischner-2017"]}  # Lung
 
 
-#: nice value of the background threads: inference keeps the cores it wants, the side work takes what
-#: is left (on a 2-core machine at the default priority it slowed inference by about a third)
+#: nice value of the background threads: on a busy machine inference keeps the cores it wants and the
+#: side work takes what is left. (It does not help against the GIL: scipy.ndimage, most of the image-
+#: quality work, holds it, and inference's Python-level steps then wait; see docs/pipeline.md.)
 BACKGROUND_NICE = 10
 
 
@@ -415,13 +416,15 @@ def choose_model(metadata: Any, volume: Volume) -> Any:
 
 def _protocol_start(result: AnalysisResult, metadata: Any, volume: Volume, card: Any,
                     opts: AnalysisOptions) -> Optional[_Background]:
-    """The header-only check and its policy decision (refusal raises here, before inference); returns
-    the image-quality measurement, started on a thread when ``opts.overlap``, or None without headers."""
+    """The header-only check and its policy decision (refusal raises here, before inference). With
+    ``opts.overlap`` returns the image-quality measurement running on a thread (the full decision
+    follows inference: ``_protocol_finish``); in turn, measures and decides on the full report now,
+    before inference, and returns None (as does a series without headers)."""
     if metadata is None:
         result.protocol = {"id": None, "version": None, "conformant": None, "checks": [],
                            "messages": ["no DICOM header (image file input): acquisition not checked"]}
         return None
-    from .protocols.conformance import ConformancePolicy, check_series
+    from .protocols.conformance import check_series
     from .protocols.quality import measure_image_quality, slice_positions_from_volume
 
     candidates = list(getattr(card, "required_protocols", []) or []) or None
@@ -431,8 +434,9 @@ def _protocol_start(result: AnalysisResult, metadata: Any, volume: Volume, card:
     modality = metadata.series.modality.value or volume.modality
     job = _Background("image-quality", lambda: measure_image_quality(volume, modality=modality, slice_positions_mm=positions),
                       start=opts.overlap)
-    if not opts.overlap:  # in turn: measure now, before inference (the decision still follows it)
-        job.result()
+    if not opts.overlap:  # in turn: the whole check before inference, as the reference
+        _protocol_finish(job, result, metadata, volume, card, opts, len(result.warnings))
+        return None
     return job
 
 
@@ -474,6 +478,8 @@ def _infer_then_protocol(run: _Run, infer: Callable[[], Any], iq_job: Optional[_
     "protocol" even when inference failed too (the refusal is the reason to give)."""
     try:
         out = infer()
+    except (CancelledError, KeyboardInterrupt):
+        raise  # a cancel does not wait for the measures (their daemon thread just finishes)
     except BaseException:
         if iq_job is not None:
             try:
