@@ -111,12 +111,11 @@ def build_seg(
         raise ExportError("no segments to export (no findings above the minimum size?)")
     n_seg = len(segments)
     values = [int(s.value) for s in segments]
-    # Which values occur: count only inside the bounding box of the labelled voxels (lesions fill a
-    # few percent of a 512x512x300 grid; a full-volume mask or bincount costs a pass over all of it).
+    # Which values occur: count the labelled voxels inside the bounding box of all of them (lesions
+    # fill a few percent of a 512x512x300 grid; a full-volume mask costs a pass over all of it).
     box = foreground_box(arr)
-    labelled = arr[box] if box is not None else arr[:0]
-    if np.issubdtype(arr.dtype, np.signedinteger):
-        labelled = labelled[labelled > 0]  # negative values are no segment (and bincount refuses them)
+    sub = arr[box] if box is not None else arr[:0]
+    labelled = sub[sub > 0]  # bincount widens to int64: only the labelled voxels (negatives are none)
     counts = np.bincount(labelled.ravel(), minlength=max(values) + 1) if labelled.size else np.zeros(max(values) + 1)
     if values == list(range(1, n_seg + 1)) and len(counts) <= n_seg + 1 and arr.dtype in (np.uint8, np.uint16):
         seg_map = arr  # already segment numbers 1..N: no copy
