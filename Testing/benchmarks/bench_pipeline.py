@@ -20,13 +20,14 @@ slower than the sequential one's. The share is therefore printed twice: from the
 stage split, and against the inference time measured alone (sequential mode), which charges any
 slowdown of inference to the overhead.
 
-    python -m Testing.benchmarks.bench_pipeline [--runs 3] [--modes overlap,sequential] [--matrix 512] [--slices 300]
+    python -m Testing.benchmarks.bench_pipeline [--runs 3] [--modes overlap,sequential] [--matrix 512] [--slices 300] [--keep]
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import shutil
 import statistics
 import tempfile
 import time
@@ -51,6 +52,7 @@ def main() -> None:
     ap.add_argument("--matrix", type=int, default=512)
     ap.add_argument("--slices", type=int, default=300)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--keep", action="store_true", help="keep the phantom and the outputs (~400 MB) in the temp folder")
     args = ap.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if not modes or any(m not in ("overlap", "sequential") for m in modes):
@@ -98,6 +100,10 @@ def main() -> None:
                 n += 1
     finally:
         pacs.stop()
+        if args.keep:
+            print(f"phantom and outputs kept in {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     med = {m: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for m, rs in runs.items() if rs}
     print(f"\nmedians of {args.runs} run(s) per mode (s)")
