@@ -37,6 +37,68 @@ Progress = Callable[[float, str], None]
 DEFAULT_RULE_SETS = {"39607008": ["lung-rads", "fleischner-2017"]}  # Lung
 
 
+#: nice value of the background threads: on a busy machine inference keeps the cores it wants and the
+#: side work takes what is left. (It does not help against the GIL: scipy.ndimage, most of the image-
+#: quality work, holds it, and inference's Python-level steps then wait; see docs/pipeline.md.)
+BACKGROUND_NICE = 10
+
+
+def _lower_thread_priority() -> None:
+    """Lower the calling thread's scheduling priority (Linux: a thread id is a valid PRIO_PROCESS
+    target and only that thread changes). Elsewhere, or when not permitted, the thread runs as is."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, max(os.getpriority(os.PRIO_PROCESS, tid), BACKGROUND_NICE))
+    except (AttributeError, OSError):
+        pass
+
+
+class _Background:
+    """One piece of work on a daemon thread; ``result()`` joins it and re-raises its exception in the
+    caller, so that an error surfaces in the stage that needs the result. ``run_s`` is the work's own
+    duration, ``wait_s`` how long ``result()`` waited for it (its cost on the critical path)."""
+
+    def __init__(self, name: str, fn: Callable[[], Any], start: bool = True) -> None:
+        self._fn = fn
+        self._value: Any = None
+        self._error: Optional[BaseException] = None
+        self.run_s = 0.0
+        self.wait_s = 0.0
+        self._thread = threading.Thread(target=self._run, name=f"medimgai-{name}", daemon=True)
+        self._started = start
+        self._done = False
+        if start:
+            self._thread.start()
+
+    def _run(self) -> None:
+        if self._started:
+            _lower_thread_priority()
+        t0 = time.perf_counter()
+        try:
+            self._value = self._fn()
+        except BaseException as exc:  # noqa: BLE001 - handed to the thread that needs the result
+            self._error = exc
+        finally:
+            self.run_s = time.perf_counter() - t0
+
+    def join(self) -> None:
+        """Wait for a started job without taking its result (or error)."""
+        if self._started:
+            self._thread.join()
+
+    def result(self) -> Any:
+        t0 = time.perf_counter()
+        if self._started:
+            self._thread.join()
+            self.wait_s += time.perf_counter() - t0
+        elif not self._done:  # not started (overlap off): run in the caller, once
+            self._run()
+        self._done = True
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 class PipelineError(MedImgAIError):
     kind = "pipeline"
 
@@ -60,6 +122,10 @@ class AnalysisOptions:
     store: Optional[Any] = None  # tracking.ResultStore: priors in, result out
     site: str = ""
     observer: Optional[str] = None  # a radiologist confirming; None = the device alone
+    #: run the work that does not need the model output (image-quality measures, reading the source
+    #: headers for export, writing the NIfTI maps) on background threads beside inference / export.
+    #: False runs every stage in turn (the reference for what overlapping saves).
+    overlap: bool = True
 
 
 @dataclass
@@ -228,9 +294,15 @@ def _analyze(source: str, opts: AnalysisOptions, run: _Run) -> AnalysisResult:
     result.outputs.source_dir = str(local if local.is_dir() else local.parent) if not pacs_src else str(run.out / "source")
     result.warnings.extend(volume.warnings)
 
-    # protocol conformance before any inference
+    # protocol conformance: the header criteria are checked before any inference (a "refuse" policy
+    # stops here); the image-quality measures need only the pixels, so with ``overlap`` they run on a
+    # thread beside inference, and the decision on the full report (header + image quality) is taken
+    # when inference is done, before anything is measured or written.
     with run.step("protocol", 0.2, "checking the acquisition against the protocol library"):
-        _protocol(result, metadata, volume, card, opts)
+        iq_job = _protocol_start(result, metadata, volume, card, opts)
+    warn_at = len(result.warnings)  # protocol warnings go before the model's, as when run in turn
+    # the source headers for SEG/SR/key images do not depend on the model either
+    headers_job = _Background("source-headers", lambda: _source_headers(files, volume), start=opts.overlap and bool(files))
 
     # model, then findings (a model that owns its whole method measures its own findings)
     owned = _owned_model(card, opts)
@@ -241,7 +313,8 @@ def _analyze(source: str, opts: AnalysisOptions, run: _Run) -> AnalysisResult:
                 if run.progress:
                     run.progress(0.25 + 0.55 * frac, str(a[-1]) if a and isinstance(a[-1], str) else card.id)
 
-            raw = owned.analyze(volume, progress=owned_progress)
+            raw = _infer_then_protocol(run, lambda: owned.analyze(volume, progress=owned_progress),
+                                       iq_job, result, metadata, volume, card, opts, warn_at)
         with run.step("findings", 0.8, "collecting measurements"):
             own = owned.to_analysis_result(raw)
             result.findings = own.findings
@@ -255,7 +328,8 @@ def _analyze(source: str, opts: AnalysisOptions, run: _Run) -> AnalysisResult:
             result.context["device"] = str(owned.device)
     else:
         with run.step("inference", 0.25, f"running {card.id} {card.version}"):
-            inference = _infer(card, volume, opts, run)
+            inference = _infer_then_protocol(run, lambda: _infer(card, volume, opts, run),
+                                             iq_job, result, metadata, volume, card, opts, warn_at)
         result.warnings.extend(w for w in inference.warnings if w not in result.warnings)
         result.context["device"] = inference.device
         for k, v in inference.timings_s.items():
@@ -272,8 +346,20 @@ def _analyze(source: str, opts: AnalysisOptions, run: _Run) -> AnalysisResult:
 
     # outputs
     with run.step("export", 0.88, "writing SEG, SR and key images"):
-        _write_maps(run.work, volume, labels_arr, instance_map)
-        _export(run.work, card, volume, instance_map, result, files, opts)
+        # the NIfTI maps (numpy + zlib, which release the GIL) are written beside the DICOM objects
+        maps_job = _Background("nifti-maps", lambda: _write_maps(run.work, volume, labels_arr, instance_map),
+                               start=opts.overlap)
+        try:
+            _export(run.work, card, volume, instance_map, result, headers_job.result() if files else files, opts)
+        except BaseException:
+            maps_job.join()  # the export's error is the one to report; the work folder goes afterwards
+            raise
+        maps_job.result()
+        if opts.overlap:  # what ran on threads (its own duration) and how long the stage waited for it
+            run.timings["export.source_headers_background"] = headers_job.run_s
+            run.timings["export.source_headers_wait"] = headers_job.wait_s
+            run.timings["export.nifti_background"] = maps_job.run_s
+            run.timings["export.nifti_wait"] = maps_job.wait_s
     if opts.send_to:
         with run.step("send", 0.95, f"sending SEG/SR to {opts.send_to}"):
             _send(run.work, opts, result)
@@ -328,25 +414,93 @@ def choose_model(metadata: Any, volume: Volume) -> Any:
     return cards[0]
 
 
-def _protocol(result: AnalysisResult, metadata: Any, volume: Volume, card: Any, opts: AnalysisOptions) -> None:
+def _protocol_start(result: AnalysisResult, metadata: Any, volume: Volume, card: Any,
+                    opts: AnalysisOptions) -> Optional[_Background]:
+    """The header-only check and its policy decision (refusal raises here, before inference). With
+    ``opts.overlap`` returns the image-quality measurement running on a thread (the full decision
+    follows inference: ``_protocol_finish``); in turn, measures and decides on the full report now,
+    before inference, and returns None (as does a series without headers)."""
     if metadata is None:
         result.protocol = {"id": None, "version": None, "conformant": None, "checks": [],
                            "messages": ["no DICOM header (image file input): acquisition not checked"]}
-        return
-    from .protocols.conformance import ConformancePolicy, check_series
+        return None
+    from .protocols.conformance import check_series
+    from .protocols.quality import measure_image_quality, slice_positions_from_volume
 
     candidates = list(getattr(card, "required_protocols", []) or []) or None
-    report = check_series(metadata, volume, opts.protocol_id, candidates=candidates)
+    positions = slice_positions_from_volume(volume)
+    header_report = check_series(metadata, None, opts.protocol_id, candidates=candidates, slice_positions_mm=positions)
+    _protocol_decide(header_report, volume, opts)
+    modality = metadata.series.modality.value or volume.modality
+    job = _Background("image-quality", lambda: measure_image_quality(volume, modality=modality, slice_positions_mm=positions),
+                      start=opts.overlap)
+    if not opts.overlap:  # in turn: the whole check before inference, as the reference
+        _protocol_finish(job, result, metadata, volume, card, opts, len(result.warnings))
+        return None
+    return job
+
+
+def _protocol_decide(report: Any, volume: Volume, opts: AnalysisOptions) -> Any:
+    from .protocols.conformance import ConformancePolicy
+
     decision = (opts.policy or ConformancePolicy()).decide(report)
-    result.protocol = {**report.findings_block(), "decision": decision.action, "messages": report.messages,
-                       "image_quality": report.image_quality}
     if not decision.proceed:
         raise PipelineError(
             f"series {volume.series_instance_uid} does not meet protocol "
             f"{report.protocol.id if report.protocol else '(none matched)'}: " + "; ".join(decision.reasons[:4])
             + " (site policy: refuse)", stage="protocol")
+    return decision
+
+
+def _protocol_finish(iq_job: Optional[_Background], result: AnalysisResult, metadata: Any, volume: Volume,
+                     card: Any, opts: AnalysisOptions, warn_at: int) -> None:
+    """The full report (header + image-quality criteria) and the policy's decision on it."""
+    if iq_job is None:
+        return
+    from .protocols.conformance import check_series
+    from .protocols.quality import slice_positions_from_volume
+
+    candidates = list(getattr(card, "required_protocols", []) or []) or None
+    report = check_series(metadata, volume, opts.protocol_id, candidates=candidates,
+                          slice_positions_mm=slice_positions_from_volume(volume), image_quality=iq_job.result())
+    decision = _protocol_decide(report, volume, opts)
+    result.protocol = {**report.findings_block(), "decision": decision.action, "messages": report.messages,
+                       "image_quality": report.image_quality}
     if decision.action == "analyze_with_warning":
-        result.warnings.extend(f"protocol: {r}" for r in decision.reasons)
+        result.warnings[warn_at:warn_at] = [f"protocol: {r}" for r in decision.reasons]
+
+
+def _infer_then_protocol(run: _Run, infer: Callable[[], Any], iq_job: Optional[_Background], result: AnalysisResult,
+                         metadata: Any, volume: Volume, card: Any, opts: AnalysisOptions, warn_at: int) -> Any:
+    """Inference, then the protocol decision on the full report. The time spent waiting for the
+    image-quality thread counts as protocol time (it is on the critical path); the thread's own
+    duration is reported as ``protocol.background``. A series the policy refuses fails at stage
+    "protocol" even when inference failed too (the refusal is the reason to give)."""
+    try:
+        out = infer()
+    except (CancelledError, KeyboardInterrupt):
+        raise  # a cancel does not wait for the measures (their daemon thread just finishes)
+    except BaseException:
+        if iq_job is not None:
+            try:
+                _protocol_finish(iq_job, result, metadata, volume, card, opts, warn_at)
+            except PipelineError:
+                run.stage = "protocol"
+                raise
+            except BaseException:  # noqa: BLE001 - the inference error is the one to report
+                pass
+        raise
+    t0 = time.perf_counter()
+    run.stage = "protocol"
+    _protocol_finish(iq_job, result, metadata, volume, card, opts, warn_at)
+    run.stage = "inference"
+    wait = time.perf_counter() - t0
+    # the wait is protocol time, not inference time: move it
+    run.timings["protocol"] = run.timings.get("protocol", 0.0) + wait
+    run.timings["inference"] = run.timings.get("inference", 0.0) - wait  # run.step adds the whole block
+    if iq_job is not None and opts.overlap:
+        run.timings["protocol.background"] = iq_job.run_s
+    return out
 
 
 def _infer(card: Any, volume: Volume, opts: AnalysisOptions, run: _Run) -> Any:
@@ -445,11 +599,22 @@ def _rules(result: AnalysisResult, card: Any, metadata: Any, opts: AnalysisOptio
     result.context = {**kept, **result.context}
 
 
+def _source_headers(files: Sequence[str], volume: Volume) -> list[Any]:
+    """The source series' headers, read and checked for export (in the volume's k order)."""
+    from .export.common import source_datasets
+
+    return source_datasets(files, volume)
+
+
 def _write_maps(work: Path, volume: Volume, labels: np.ndarray, instance_map: np.ndarray) -> None:
     import nibabel as nib
 
-    nib.save(volume.with_array(labels.astype(np.uint8)).to_nifti(), str(work / "labels.nii.gz"))
-    nib.save(volume.with_array(instance_map.astype(np.uint16)).to_nifti(), str(work / "instances.nii.gz"))
+    nib.save(volume.with_array(labels.astype(np.uint8, copy=False)).to_nifti(), str(work / "labels.nii.gz"))
+    # the instance map's values are finding numbers: one byte while there are fewer than 256 findings
+    # (readers take the values, not the type; half the bytes to compress)
+    n_findings = int(instance_map.max(initial=0))
+    imap_type = np.uint8 if n_findings < 256 else np.uint16
+    nib.save(volume.with_array(instance_map.astype(imap_type, copy=False)).to_nifti(), str(work / "instances.nii.gz"))
 
 
 def _export(work: Path, card: Any, volume: Volume, instance_map: np.ndarray, result: AnalysisResult,

@@ -69,7 +69,9 @@ def render_key_image(
     scale: int = 2,
 ) -> np.ndarray:
     """RGB uint8 [rows*scale, cols*scale, 3]: the windowed slice with outline, axes and text.
-    Drawn at ``scale`` x the pixel grid so that lines and text stay legible on small matrices."""
+    Drawn at ``scale`` x the pixel grid so that lines and text stay legible on small matrices.
+    ``component_mask`` is the lesion's 3D mask [k, j, i] or just its 2D mask [j, i] on the measured
+    slice (all that is drawn)."""
     if f.slice_index is None:
         raise ExportError(f"finding {f.id} has no measured slice (slice_index): measure it before key images")
     k = int(f.slice_index)
@@ -81,8 +83,11 @@ def render_key_image(
         i, j, _k = image.lps_to_ijk(p_lps)
         return ((i + 0.5) * scale, (j + 0.5) * scale)
 
-    if component_mask is not None and component_mask[k].any():
-        for c in find_contours(np.pad(component_mask[k].astype(np.float32), 1), 0.5):
+    outline = None
+    if component_mask is not None:
+        outline = component_mask if component_mask.ndim == 2 else component_mask[k]
+    if outline is not None and outline.any():
+        for c in find_contours(np.pad(outline.astype(np.float32), 1), 0.5):
             pts = [((x - 1 + 0.5) * scale, (y - 1 + 0.5) * scale) for y, x in c]
             draw.line(pts + [pts[0]], fill=OUTLINE_RGB, width=1)
     if len(f.long_axis_lps_mm) == 2:
@@ -118,7 +123,10 @@ def build_key_images(
         raise ExportError(f"{len(sources)} source images for a volume of {image.array.shape[0]} slices")
     out = []
     for n, f in enumerate(findings, start=1):
-        mask = (instance_map == (f.instance_value or n)) if instance_map is not None else None
+        if f.slice_index is None:
+            raise ExportError(f"finding {f.id} has no measured slice (slice_index): measure it before key images")
+        # only the measured slice is drawn: compare that slice, not the whole volume
+        mask = (instance_map[int(f.slice_index)] == (f.instance_value or n)) if instance_map is not None else None
         win = window or (LUNG_WINDOW if f.type else SOFT_TISSUE_WINDOW)
         rgb = render_key_image(image, f, mask, win, scale)
         ref = sources[int(f.slice_index)]  # type: ignore[arg-type]

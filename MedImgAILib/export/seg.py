@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from ..errors import ExportError
-from ..findings.extract import LabelSpec
+from ..findings.extract import LabelSpec, foreground_box
 from ..results import Code, Finding
 from ..volume import Volume
 from .common import quiet_phi_warnings, DeviceInfo, ExportUIDs, add_related_series, check_label_grid, hd_code, write_atomic
@@ -111,11 +111,13 @@ def build_seg(
         raise ExportError("no segments to export (no findings above the minimum size?)")
     n_seg = len(segments)
     values = [int(s.value) for s in segments]
-    # Which values occur: count only the labelled voxels (a full-volume bincount would widen all
-    # 512x512x300 voxels to int64 first; this touches only the few percent that are labelled).
-    labelled = arr[arr > 0]
+    # Which values occur: count the labelled voxels inside the bounding box of all of them (lesions
+    # fill a few percent of a 512x512x300 grid; a full-volume mask costs a pass over all of it).
+    box = foreground_box(arr)
+    sub = arr[box] if box is not None else arr[:0]
+    labelled = sub[sub > 0]  # bincount widens to int64: only the labelled voxels (negatives are none)
     counts = np.bincount(labelled.ravel(), minlength=max(values) + 1) if labelled.size else np.zeros(max(values) + 1)
-    if values == list(range(1, n_seg + 1)) and int(labelled.max(initial=0)) <= n_seg and arr.dtype in (np.uint8, np.uint16):
+    if values == list(range(1, n_seg + 1)) and len(counts) <= n_seg + 1 and arr.dtype in (np.uint8, np.uint16):
         seg_map = arr  # already segment numbers 1..N: no copy
     else:  # map label values -> segment numbers 1..N with one look-up table pass (others -> 0)
         lut = np.zeros(max(int(arr.max()), max(values)) + 1, dtype=np.uint8 if n_seg < 256 else np.uint16)

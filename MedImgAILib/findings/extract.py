@@ -101,15 +101,23 @@ def largest_axial_axes(
     return best
 
 
-def body_midline_x_lps(image: Volume, k: int) -> Optional[float]:
-    """LPS x of the body's left-right centre on slice k: the middle of the largest connected region
-    above -500 HU (the body, not the table or air). None when no body is visible."""
-    sl = image.array[k] > -500
-    lab, n = ndimage.label(sl)
+def body_region(image: Volume, k: int) -> Optional[np.ndarray]:
+    """The largest connected region above -500 HU on slice k (the body, not the table or air); None
+    when there is none. (The first of equal largest regions, as ``argmax`` picks.)"""
+    lab, n = ndimage.label(np.asarray(image.array[k]) > -500)
     if n == 0:
         return None
-    sizes = ndimage.sum_labels(sl, lab, index=np.arange(1, n + 1))
-    body = lab == (int(np.argmax(sizes)) + 1)
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+    return lab == (int(np.argmax(sizes)) + 1)
+
+
+def body_midline_x_lps(image: Volume, k: int, body: Optional[np.ndarray] = None) -> Optional[float]:
+    """LPS x of the body's left-right centre on slice k: the middle of the largest connected region
+    above -500 HU (the body, not the table or air). None when no body is visible. ``body``: that
+    region when the caller has it already (``body_region``)."""
+    body = body_region(image, k) if body is None else body
+    if body is None or not body.any():
+        return None
     j, i = np.nonzero(body)
     # extremes along the patient x axis of the body region
     ijk = np.stack([i, j, np.full_like(i, k), np.ones_like(i)], axis=1).astype(np.float64)
@@ -117,7 +125,8 @@ def body_midline_x_lps(image: Volume, k: int) -> Optional[float]:
     return float((x.min() + x.max()) / 2.0)
 
 
-def pleural_contact_fraction(image: Volume, mask: np.ndarray, off: tuple[int, int, int], k: int) -> float:
+def pleural_contact_fraction(image: Volume, mask: np.ndarray, off: tuple[int, int, int], k: int,
+                             body: Optional[np.ndarray] = None) -> float:
     """Fraction of the lesion's area on slice k that is continuous with the chest wall or the
     mediastinum rather than enclosed by lung.
 
@@ -125,13 +134,13 @@ def pleural_contact_fraction(image: Volume, mask: np.ndarray, off: tuple[int, in
     (<= -500 HU) with its holes filled, which takes in everything surrounded by lung (vessels seen in
     cross-section, free nodules); wall = body outside the cavity. A nodule attached to the pleura is
     not enclosed by air, so its voxels are wall. A heuristic (vessels running in-plane to the hilum
-    can join a nodule to the mediastinum): it sets ``Finding.juxtapleural`` at >= 10 %."""
+    can join a nodule to the mediastinum): it sets ``Finding.juxtapleural`` at >= 10 %. ``body``: the
+    slice's ``body_region`` when the caller has it already."""
     sl = np.asarray(image.array[k])
-    lab, n = ndimage.label(sl > -500)
-    if n == 0:
+    region = body_region(image, k) if body is None else body
+    if region is None or not region.any():
         return 0.0
-    sizes = ndimage.sum_labels(np.ones(sl.shape), lab, index=np.arange(1, n + 1))
-    body = ndimage.binary_fill_holes(lab == (int(np.argmax(sizes)) + 1))
+    body = ndimage.binary_fill_holes(region)
     cavity = ndimage.binary_fill_holes(body & (sl <= -500))
     wall = body & ~cavity
     m = mask[k - off[0]]
@@ -177,28 +186,44 @@ def extract_findings(
     if probability_reduce not in ("max", "mean"):
         raise FindingsError(f"probability_reduce must be 'max' or 'mean', not {probability_reduce!r}")
     arr = np.asarray(labels.array)
-    present = [int(v) for v in np.unique(arr) if v != 0]
     specs = {s.value: s for s in (label_specs or [])}
-    for v in present:
-        specs.setdefault(v, LabelSpec(value=v, name=f"label {v}"))
     vox_mm3 = labels.voxel_volume_mm3
     structure = ndimage.generate_binary_structure(3, connectivity)
     findings: list[Finding] = []
     instance = np.zeros(arr.shape, dtype=np.uint16) if return_instance_map else None
+    # Lesions fill a few percent of the volume at most: find, label and count components only inside
+    # the bounding box of everything labelled. Every component lies wholly inside it and the crop keeps
+    # the raster order, so the components (and their numbering) are the full volume's.
+    fg_box = foreground_box(arr)
+    if fg_box is None:
+        return (findings, instance) if instance is not None else findings
+    sub = arr[fg_box]
+    origin = tuple(s.start for s in fg_box)
+    present = [int(v) for v in np.unique(sub) if v != 0]
+    for v in present:
+        specs.setdefault(v, LabelSpec(value=v, name=f"label {v}"))
     for v in present:
         spec = specs[v]
         min_mm3 = spec.min_size_mm3 if min_size_mm3 is None else min_size_mm3
-        comp, n = ndimage.label(arr == v, structure=structure)
+        comp, n = ndimage.label(sub == v, structure=structure)
         if n == 0:
             continue
-        counts = np.bincount(comp.ravel())[1:]
         objects = ndimage.find_objects(comp)
+        # voxel counts inside each component's own box (a bincount over the whole crop costs more)
+        counts = np.array([np.count_nonzero(comp[o] == i) for i, o in enumerate(objects, start=1)], dtype=np.int64)
         order = np.argsort(-counts, kind="stable")
         for idx in order:
             if counts[idx] * vox_mm3 < min_mm3:
                 continue
-            bb = _expand(objects[idx], arr.shape, 3)
-            mask = comp[bb] == (idx + 1)
+            obj = tuple(slice(s.start + o, s.stop + o) for s, o in zip(objects[idx], origin))
+            bb = _expand(obj, arr.shape, 3)
+            # the component's mask on the expanded box: the crop's labels where they overlap it
+            # (the margin beyond the foreground box holds no label, hence no voxel of this component)
+            mask = np.zeros(tuple(s.stop - s.start for s in bb), dtype=bool)
+            inner = tuple(slice(max(b.start, f.start), min(b.stop, f.stop)) for b, f in zip(bb, fg_box))
+            mask[tuple(slice(i.start - b.start, i.stop - b.start) for i, b in zip(inner, bb))] = (
+                comp[tuple(slice(i.start - o, i.stop - o) for i, o in zip(inner, origin))] == (idx + 1)
+            )
             f = measure_component(
                 mask, bb, labels, image, probability, spec, probability_reduce=probability_reduce, thresholds=thresholds,
                 partial_volume=partial_volume,
@@ -212,6 +237,19 @@ def extract_findings(
     if instance is not None:
         return findings, instance
     return findings
+
+
+def foreground_box(arr: np.ndarray) -> Optional[tuple[slice, slice, slice]]:
+    """Bounding box of the non-zero voxels, or None when there are none. The slice range comes from
+    one pass over the volume; the row/column ranges only from the slices in it."""
+    nk = arr.shape[0]
+    ks = np.flatnonzero(arr.reshape(nk, -1).any(axis=1))
+    if ks.size == 0:
+        return None
+    slab = arr[ks[0] : ks[-1] + 1]
+    js = np.flatnonzero(slab.any(axis=(0, 2)))
+    is_ = np.flatnonzero(slab.any(axis=(0, 1)))
+    return slice(int(ks[0]), int(ks[-1]) + 1), slice(int(js[0]), int(js[-1]) + 1), slice(int(is_[0]), int(is_[-1]) + 1)
 
 
 def _expand(bb: tuple[slice, ...], shape: tuple[int, ...], margin: int) -> tuple[slice, slice, slice]:
@@ -373,9 +411,11 @@ def _lung_attributes(
         f.solid_core_mean_diameter_mm = core_axes.mean_mm
     else:
         f.type = "ground-glass"
-    f.juxtapleural = bool(pleural_contact_fraction(image, mask, off, int(f.slice_index or 0)) >= 0.1)
+    k = int(f.slice_index or 0)
+    body = body_region(image, k)  # one labelling of the slice for both questions
+    f.juxtapleural = bool(pleural_contact_fraction(image, mask, off, k, body=body) >= 0.1)
     # side: LPS +x is the patient's left
-    mid = body_midline_x_lps(image, int(f.slice_index or 0))
+    mid = body_midline_x_lps(image, k, body=body)
     if mid is not None:
         f.side = "left" if f.center_lps_mm[0] > mid else "right"
         if f.site_code is None:

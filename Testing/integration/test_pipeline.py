@@ -135,11 +135,67 @@ def test_refuse_policy_refuses_a_nonconforming_series_before_inference(phantom_s
         ds = pydicom.dcmread(f)
         ds.SliceThickness = 7.5  # far outside any chest protocol
         ds.save_as(src / Path(f).name)
+    seen: list[str] = []
     with pytest.raises(MedImgAIError, match="protocol"):
-        analyze(src, tmp_path / "out", AnalysisOptions(model_id="ct-lung-nodule", policy=ConformancePolicy(on_nonconformant="refuse")))
+        analyze(src, tmp_path / "out", AnalysisOptions(model_id="ct-lung-nodule", policy=ConformancePolicy(on_nonconformant="refuse")),
+                progress=lambda _f, msg: seen.append(msg))
     err = json.loads((tmp_path / "out" / "error.json").read_text())
     assert err["stage"] == "protocol"
     assert not (tmp_path / "out" / "findings.json").exists()
+    # a header criterion: refused before the model ran
+    assert not any(m.startswith("running ") for m in seen), seen
+
+
+def test_refuse_policy_on_an_image_quality_criterion_stops_before_anything_is_written(phantom_study, tmp_path):
+    """Image-quality measures run beside inference; a required one that fails (lungs cut off at both
+    ends of the series) still refuses the series, with stage "protocol" and no outputs."""
+    from MedImgAILib.protocols.conformance import ConformancePolicy
+
+    src = tmp_path / "cut"
+    src.mkdir()
+    files = sorted(phantom_study["files"])
+    n = len(files)
+    for f in files[n // 3 : 2 * n // 3]:  # the middle third of the chest: lung in the first and last slice
+        (src / Path(f).name).write_bytes(Path(f).read_bytes())
+    out = tmp_path / "out"
+    with pytest.raises(MedImgAIError, match="lung_coverage"):
+        analyze(src, out, AnalysisOptions(model_id="ct-lung-nodule", device="cpu",
+                                          policy=ConformancePolicy(on_nonconformant="refuse")))
+    err = json.loads((out / "error.json").read_text())
+    assert err["stage"] == "protocol" and "refuse" in err["message"]
+    assert sorted(p.name for p in out.iterdir()) == ["error.json"]
+
+
+def test_overlapped_and_sequential_runs_give_the_same_result(folder_result, phantom_study, tmp_path):
+    """Running the image-quality measures, the header reading and the NIfTI maps beside the other
+    stages changes when things happen, not what comes out."""
+    import nibabel as nib
+    import pydicom
+
+    out_o, res_o = folder_result
+    out_s = tmp_path / "seq"
+    res_s = analyze(phantom_study["dir"], out_s, AnalysisOptions(model_id="ct-lung-nodule", device="cpu", overlap=False))
+
+    def comparable(r: AnalysisResult) -> dict:
+        d = json.loads(r.model_dump_json())
+        for k in ("timings_s", "outputs"):
+            d.pop(k, None)
+        for f in d["findings"]:
+            f.pop("tracking_uid", None)  # a fresh UID per export
+        return d
+
+    assert comparable(res_s) == comparable(res_o)
+    assert res_s.protocol == res_o.protocol and res_s.warnings == res_o.warnings
+    assert "protocol.background" in res_o.timings_s and "protocol.background" not in res_s.timings_s
+    for name in ("labels.nii.gz", "instances.nii.gz"):
+        a, b = (np.asarray(nib.load(str(d / name)).dataobj) for d in (out_o, out_s))
+        assert np.array_equal(a, b), name
+    seg_o, seg_s = (pydicom.dcmread(d / "seg.dcm") for d in (out_o, out_s))
+    assert np.array_equal(seg_o.pixel_array, seg_s.pixel_array)
+    assert [f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+            for f in seg_o.PerFrameFunctionalGroupsSequence] == \
+           [f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+            for f in seg_s.PerFrameFunctionalGroupsSequence]
 
 
 def test_pacs_study_is_retrieved_analysed_and_stored_back(orthanc, in_ns, phantom_study, tmp_path):
