@@ -248,6 +248,7 @@ class Journal:
         self.capacity = max(capacity, _J_HEAD + 1024 * 1024)
         self._cond = threading.Condition()
         self._pending = 0  # records appended whose file is not yet placed
+        self._unplaced = 0  # records whose file could not be placed: only the journal holds them
         self._checkpointing = False
         #: called (without blocking) when a checkpoint has to wait for placements: the placer hurries
         self.wake: Callable[[], None] | None = None
@@ -289,7 +290,10 @@ class Journal:
     def close(self) -> None:
         """Checkpoint (so that a clean restart replays nothing) and close."""
         if self.fd >= 0:
-            self.checkpoint()
+            try:
+                self.checkpoint()
+            except OSError as exc:  # records kept: the next start replays them
+                log.error("journal: %s", exc.strerror or exc)
             os.close(self.fd)
             self.fd = -1
 
@@ -343,9 +347,13 @@ class Journal:
                 raise OSError(errno.EIO, "journal: short copy")
             done += n
 
-    def placed(self) -> None:
+    def placed(self, ok: bool = True) -> None:
+        """The file of an appended record is in place (``ok``), or could not be placed: then the
+        journal keeps every record until a restart replays them (no checkpoint, see below)."""
         with self._cond:
             self._pending -= 1
+            if not ok:
+                self._unplaced += 1
             self._cond.notify_all()
 
     # -- checkpoint and replay ------------------------------------------------------------------
@@ -364,6 +372,10 @@ class Journal:
                 self.wake()
             while self._pending:
                 self._cond.wait()
+            if self._unplaced:  # never drop the only copy of an acknowledged instance
+                raise OSError(errno.EIO, f"write-ahead journal holds {self._unplaced} acknowledged instance(s) "
+                              "that could not be placed in the store (disk full?); restart the listener to "
+                              "replay them")
             if self.offset > _J_HEAD:
                 flush_filesystem(self.root)
                 self._write_generation(self.generation + 1)
@@ -516,9 +528,12 @@ class InstanceStore:
                 self._made.discard(path.parent)
                 path.parent.mkdir(parents=True, exist_ok=True)
                 self._write_placed(path, parts)
-        finally:
+        except BaseException:
             if journal is not None:
-                journal.placed()
+                journal.placed(ok=False)
+            raise
+        if journal is not None:
+            journal.placed()
 
     def _write_placed(self, path: Path, parts: Any) -> None:
         if isinstance(parts, tuple) and len(parts) == 2 and isinstance(parts[0], int):

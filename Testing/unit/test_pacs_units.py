@@ -314,3 +314,38 @@ def test_quick_settings_are_the_pydantic_defaults(monkeypatch, tmp_path):
     with pytest.raises(PacsSettingsError, match="not a valid AE title"):
         q.node("BAD\\AE@127.0.0.1:4242")
     assert quick_settings(str(EXAMPLE)) is None  # a settings file: pydantic validates it
+
+
+def test_journal_keeps_an_acknowledged_instance_it_could_not_place(tmp_path):
+    """The listener acknowledges after the journal flush and places the file later; if placing
+    fails (a disk full, here a file where its directory must go), no checkpoint may drop the only
+    copy: the record survives close, and the next start replays it."""
+    ds, raw = _instance(study="1.2.3", series="1.2.3.4", sop="1.2.3.4.9")
+    store = InstanceStore(tmp_path)
+    store.open_journal(4 << 20)
+    path = store.path_for("1.2.3", "1.2.3.4", "1.2.3.4.9")
+    offset = store.make_durable(path, [raw])
+    assert offset is not None and not path.exists()
+    (tmp_path / "1.2.3").write_bytes(b"in the way")
+    with pytest.raises(OSError):
+        store.place(path, (offset, len(raw)))
+    with pytest.raises(OSError, match="could not be placed"):
+        store.journal.checkpoint()
+    store.close()  # logs, keeps the records
+    (tmp_path / "1.2.3").unlink()
+    again = InstanceStore(tmp_path)
+    assert again.open_journal(4 << 20) == 1
+    assert path.read_bytes() == raw
+
+
+def test_placing_from_the_journal_copies_the_instance(tmp_path):
+    ds, raw = _instance(sop="1.2.3.4.10")
+    store = InstanceStore(tmp_path)
+    store.open_journal(4 << 20)
+    path = store.path_for(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    head, body = raw[:1000], memoryview(raw)[1000:]
+    offset = store.make_durable(path, [head, body])  # the listener hands over buffers, not one copy
+    store.place(path, (offset, len(raw)))
+    assert path.read_bytes() == raw
+    store.close()
+    assert InstanceStore(tmp_path).open_journal(4 << 20) == 0
