@@ -60,32 +60,48 @@ class Writeback:
     """Starts writing files back to disk from a background thread as they are named to it, so that
     the one flush at the end of a retrieval (:func:`flush_filesystem`) has little left to wait for
     (~90 ms -> a few ms for 100 MB here). ``POSIX_FADV_DONTNEED`` starts asynchronous writeback of
-    a file's dirty pages and returns; done on the receiving thread it cost more than it saved."""
+    a file's dirty pages and returns; done on the receiving thread it cost more than it saved. Files
+    are handed over in batches: waking the thread for each one cost ~0.1 ms."""
+
+    BATCH = 16
 
     def __init__(self) -> None:
         import queue
 
-        self._queue: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[list[Path] | None] = queue.SimpleQueue()
+        self._batch: list[Path] = []
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, name="writeback", daemon=True)
         self._thread.start()
 
     def add(self, path: Path) -> None:
-        self._queue.put(path)
+        with self._lock:
+            self._batch.append(path)
+            if len(self._batch) < self.BATCH:
+                return
+            batch, self._batch = self._batch, []
+        self._queue.put(batch)
 
     def _run(self) -> None:
-        while (path := self._queue.get()) is not None:
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError:
-                continue  # replaced or removed meanwhile: the final flush covers it
-            try:
-                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-            except OSError:
-                pass
-            finally:
-                os.close(fd)
+        while (batch := self._queue.get()) is not None:
+            for path in batch:
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except OSError:
+                    continue  # replaced or removed meanwhile: the final flush covers it
+                try:
+                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+                except OSError:
+                    pass
+                finally:
+                    os.close(fd)
 
     def close(self) -> None:
+        """Hand over what is left (the caller's final flush covers it anyway) and stop."""
+        with self._lock:
+            batch, self._batch = self._batch, []
+        if batch:
+            self._queue.put(batch)
         self._queue.put(None)
         self._thread.join()
 
