@@ -156,10 +156,10 @@ class _Wire:
                 raise self._timed_out()
             time.sleep(0.0002)  # part of it is there: the rest is on its way
 
-    def _read_pdu(self) -> memoryview:
+    def _read_any_pdu(self) -> tuple[int, memoryview]:
         header = self._read_exact(6)
         (length,) = struct.unpack_from(">I", header, 2)
-        return memoryview(self._read_exact(length))
+        return header[0], memoryview(self._read_exact(length))
 
 
 #: called with (context_id, sop_class_uid, sop_instance_uid, dataset fragments); returns a status
@@ -191,9 +191,11 @@ class SyncStoreSCP(_Wire):
                 fragments: list[memoryview] = []
                 finished = False
                 while not finished:
-                    if self._peek(1)[:1] != b"\x04":  # abort/release/close in the middle of a message
+                    # no peek first: anything but P-DATA in the middle of a message (abort, release)
+                    # ends the exchange, and the association is aborted either way
+                    kind, body = self._read_any_pdu()
+                    if kind != 0x04:
                         raise SyncGetError("peer ended the association during a C-STORE")
-                    body = self._read_pdu()
                     off, length = 0, len(body)
                     while off + 6 <= length and not finished:
                         (item_len,) = struct.unpack_from(">I", body, off)
