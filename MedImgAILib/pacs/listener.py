@@ -592,8 +592,10 @@ def move_into(
     from .client import retrieve
 
     listen_port = port if port is not None else settings.listener.port
+    # a 64 MB journal (as before): this temporary listener writes it into out_dir once per retrieval
     cfg = ListenerConfig(aet=settings.local_aet, host=host, port=listen_port, store_dir=Path(out_dir),
-                         quiet_seconds=3600, min_free_mb=settings.listener.min_free_mb, query_retrieve=False)
+                         quiet_seconds=3600, min_free_mb=settings.listener.min_free_mb, query_retrieve=False,
+                         journal_mb=64)
     with Listener(cfg) as listener:
         result = retrieve(node, settings, study_uid, out_dir, series_uids=series_uids, method="move",
                           move_destination=settings.local_aet, on_progress=on_progress, cancel=cancel)
