@@ -155,27 +155,6 @@ def uids_of(encoded: bytes) -> Dataset:
     return read_partial(io.BytesIO(encoded), stop_when=lambda tag, vr, length: tag > _AFTER_SERIES_UID)
 
 
-_NAMING = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
-
-
-def uids_of_dataset(data: bytes | memoryview, transfer_syntax: str, window: int = 65536) -> Dataset | None:
-    """Like :func:`uids_of` but from the start of the dataset alone (no file meta to parse, and only
-    its first ``window`` bytes copied). None when that is not enough (deflated, big-endian, or the
-    UIDs lie further in): the caller then parses the whole instance."""
-    import pydicom
-    from pydicom.filereader import read_dataset
-
-    ts = pydicom.uid.UID(transfer_syntax)
-    if not ts.is_transfer_syntax or ts.is_deflated or not ts.is_little_endian:
-        return None
-    try:
-        ds = read_dataset(io.BytesIO(bytes(data[:window])), ts.is_implicit_VR, True,
-                          stop_when=lambda tag, vr, length: tag > _AFTER_SERIES_UID)
-    except Exception:  # noqa: BLE001 - cut mid-element by the window, or malformed: the full parse decides
-        return None
-    return ds if all(kw in ds for kw in _NAMING) else None
-
-
 def _mkdirs_durable(root: Path, parts: Iterable[str]) -> Path:
     """Create root/part1/part2... and fsync each parent whose entry is new, so the new directory entry
     survives a crash (the file's own fsync does not persist its parents' entries)."""

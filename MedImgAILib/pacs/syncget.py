@@ -104,8 +104,8 @@ class _Wire:
         self.timeout = timeout
 
     # -- socket -----------------------------------------------------------------------------
-    # The socket is in timeout mode (pynetdicom sets the network timeout; SyncGet.run the DIMSE
-    # timeout): a recv that waits longer raises socket.timeout, which ends the exchange.
+    # The socket is in timeout mode (pynetdicom sets the network timeout): a recv that waits
+    # longer raises socket.timeout, which ends the exchange.
     def _timed_out(self) -> SyncGetError:
         shown = f"{self.timeout:g} s" if self.timeout is not None else "the timeout"
         return SyncGetError(f"no DIMSE response within {shown}", timeout=True)

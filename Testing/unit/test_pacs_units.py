@@ -228,16 +228,15 @@ def test_received_file_meta_is_what_pydicom_writes(ts):
 
 
 def test_naming_uids_from_the_dataset_start_match_a_full_parse():
-    from MedImgAILib.pacs.storage import uids_of, uids_of_dataset
+    from MedImgAILib.pacs.dimse import naming_uids
+    from MedImgAILib.pacs.storage import uids_of
 
     ds, raw = _instance()
     full = uids_of(raw)
     start = raw.index(b"DICM") + 4 + 12 + int.from_bytes(raw[140:144], "little")  # after the file meta
-    fast = uids_of_dataset(memoryview(raw)[start:], str(ds.file_meta.TransferSyntaxUID))
-    assert fast is not None
-    for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
-        assert fast[kw].value == full[kw].value
-    assert uids_of_dataset(memoryview(raw)[start:], "1.2.840.10008.1.2.1.99") is None  # deflated: full parse
+    fast = naming_uids(memoryview(raw)[start:], str(ds.file_meta.TransferSyntaxUID))
+    assert fast == (full.StudyInstanceUID, full.SeriesInstanceUID, full.SOPInstanceUID)
+    assert naming_uids(memoryview(raw)[start:], "1.2.840.10008.1.2.1.99") is None  # deflated: full parse
 
 
 # --- the lean requestor (pacs/dimse.py): what it hard-codes must be what pynetdicom/pydicom say --------
