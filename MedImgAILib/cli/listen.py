@@ -12,8 +12,6 @@ import json
 from pathlib import Path
 
 from ..pacs.errors import PacsSettingsError
-from ..pacs.listener import Listener, ListenerConfig
-from ..pacs.settings import TlsSettings, load_settings
 
 
 def add_listener_args(p: argparse.ArgumentParser) -> None:
@@ -57,6 +55,8 @@ def open_index(spec: str):  # noqa: ANN201 - a StudyIndex
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
+    from ..pacs.listener import Listener, ListenerConfig  # pynetdicom, pydantic: only when listening
+    from ..pacs.settings import TlsSettings, load_settings
     from .pacs import quiet_pynetdicom
 
     quiet_pynetdicom(args)

@@ -15,8 +15,11 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from ..pacs import client
-from ..pacs.settings import PacsSettings, load_settings
+from ..pacs.quicksettings import quick_settings
+
+# The pynetdicom-based client is imported by the commands that use it, not here: `pacs get` runs on
+# the lean requestor and its start-up must not pay for pynetdicom (~0.4 s). See docs/pacs.md.
+LEVELS = ("patient", "study", "series", "image")  # = client.LEVELS (a unit test holds them equal)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -28,13 +31,22 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def quiet_pynetdicom(args: argparse.Namespace) -> None:
     """pynetdicom logs every refused connection and rejection at ERROR level; our error line says it
-    once, naming the AE. Its own log comes back with -vv."""
+    once, naming the AE. Its own log comes back with -vv. (Setting a logger's level does not import
+    pynetdicom.)"""
     if getattr(args, "verbose", 0) < 2:
         logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
 
 
-def _settings(args: argparse.Namespace) -> PacsSettings:
+def _settings(args: argparse.Namespace, quick: bool = False) -> Any:
+    """The PACS settings (pydantic-validated, :class:`PacsSettings`). With ``quick`` and no settings
+    file, the same defaults without importing pydantic (:mod:`MedImgAILib.pacs.quicksettings`)."""
     quiet_pynetdicom(args)
+    if quick:
+        q = quick_settings(args.settings, getattr(args, "aet", None))
+        if q is not None:
+            return q
+    from ..pacs.settings import load_settings
+
     s = load_settings(args.settings)
     if getattr(args, "aet", None):
         s = s.model_copy(update={"local_aet": args.aet})
@@ -57,7 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     f = ps.add_parser("find", help="C-FIND studies/series/images/patients")
     f.add_argument("node")
-    f.add_argument("--level", choices=client.LEVELS, default="study")
+    f.add_argument("--level", choices=LEVELS, default="study")
     for name in ("patient-id", "patient-name", "study-date", "accession", "modality", "description",
                  "study-uid", "series-uid", "sop-uid"):
         f.add_argument(f"--{name}", help="matching key (wildcards * ?; dates YYYYMMDD or A-B)")
@@ -99,6 +111,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
+    from ..pacs import client
+
     s = _settings(args)
     node = s.node(args.node)
     seconds = client.echo(node, s)
@@ -107,6 +121,8 @@ def cmd_echo(args: argparse.Namespace) -> int:
 
 
 def cmd_find(args: argparse.Namespace) -> int:
+    from ..pacs import client
+
     s = _settings(args)
     node = s.node(args.node)
     filters = {k: getattr(args, k) for k in ("patient_id", "patient_name", "study_date", "accession", "modality",
@@ -137,7 +153,7 @@ def _progress(args: argparse.Namespace):  # noqa: ANN202 - a callback or None
 
 
 def cmd_retrieve(args: argparse.Namespace) -> int:
-    s = _settings(args)
+    s = _settings(args, quick=args.method == "get")
     node = s.node(args.node)
     cancel = threading.Event()
     box: dict[str, Any] = {}
@@ -149,7 +165,16 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
 
                 box["result"] = move_into(node, s, args.study_uid, args.out, series_uids=args.series,
                                           port=args.port, host=args.host, on_progress=_progress(args), cancel=cancel)
+            elif args.method == "get" and node.tls is None:  # the lean requestor: no pynetdicom import
+                from ..pacs import retrieval
+
+                box["result"] = retrieval.get(
+                    node, s, args.study_uid, args.out or Path("."), series_uids=args.series, parallel=args.parallel,
+                    on_progress=_progress(args), cancel=cancel,
+                )
             else:
+                from ..pacs import client
+
                 box["result"] = client.retrieve(
                     node, s, args.study_uid, args.out or Path("."), series_uids=args.series, method=args.method,
                     move_destination=getattr(args, "dest", None) or s.local_aet, parallel=args.parallel,
@@ -177,6 +202,8 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
 
 
 def cmd_store(args: argparse.Namespace) -> int:
+    from ..pacs import client
+
     s = _settings(args)
     node = s.node(args.node)
     result = client.store(node, s, args.paths)

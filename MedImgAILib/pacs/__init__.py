@@ -1,11 +1,25 @@
 """PACS connectivity over DICOM DIMSE: nodes and settings, SCU operations (echo, find, get/move,
-store), the listener (Storage SCP + query/retrieve over its store, the embedded PACS). See docs/pacs.md."""
+store), the listener (Storage SCP + query/retrieve over its store, the embedded PACS). See docs/pacs.md.
 
-from .client import RetrieveResult, StoreResult, echo, find, retrieve, store
-from .listener import Listener, ListenerConfig, move_into
-from .settings import Node, PacsSettings, TlsSettings, load_settings
+The names below are imported on first use (PEP 562): `medimgai pacs get` needs only the lean
+requestor (.retrieval, .dimse), and importing pynetdicom for it would cost ~0.4 s of start-up."""
 
-__all__ = [
-    "Listener", "ListenerConfig", "Node", "PacsSettings", "RetrieveResult", "StoreResult", "TlsSettings",
-    "echo", "find", "load_settings", "move_into", "retrieve", "store",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "RetrieveResult": "retrieval", "StoreResult": "client", "echo": "client", "find": "client",
+    "retrieve": "client", "store": "client",
+    "Listener": "listener", "ListenerConfig": "listener", "move_into": "listener",
+    "Node": "settings", "PacsSettings": "settings", "TlsSettings": "settings", "load_settings": "settings",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

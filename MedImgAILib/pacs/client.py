@@ -21,15 +21,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import (
-    DeflatedExplicitVRLittleEndian,
-    ExplicitVRLittleEndian,
-    ImplicitVRLittleEndian,
-    JPEG2000Lossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    RLELossless,
-)
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, build_context, build_role, evt
 from pynetdicom import sop_class as sc
 from pynetdicom.association import Association
@@ -41,37 +33,15 @@ from .errors import (
     PacsOperationError,
     PacsTimeoutError,
 )
-from . import syncget
+from . import retrieval
 from .settings import Node, PacsSettings
-from .storage import InstanceStore, UnsafeUidError, flush_filesystem, uids_of, uids_of_dataset
+from .storage import InstanceStore, UnsafeUidError, flush_filesystem, uids_of
 
 log = logging.getLogger(__name__)
 
-#: storage SOP classes always proposed for retrieval and sending. Orthanc fails a whole C-GET
-#: (0xC000, nothing sent) when one of the study's classes has no context, so the list is generous.
-DEFAULT_STORAGE_CLASSES: tuple[str, ...] = (
-    sc.CTImageStorage, sc.EnhancedCTImageStorage, sc.LegacyConvertedEnhancedCTImageStorage,
-    sc.MRImageStorage, sc.EnhancedMRImageStorage,
-    sc.SegmentationStorage, sc.SurfaceSegmentationStorage, sc.ParametricMapStorage,
-    sc.Comprehensive3DSRStorage, sc.EnhancedSRStorage, sc.ComprehensiveSRStorage, sc.BasicTextSRStorage,
-    sc.KeyObjectSelectionDocumentStorage, sc.MammographyCADSRStorage,
-    sc.SecondaryCaptureImageStorage,
-    sc.MultiFrameSingleBitSecondaryCaptureImageStorage, sc.MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
-    sc.MultiFrameGrayscaleWordSecondaryCaptureImageStorage, sc.MultiFrameTrueColorSecondaryCaptureImageStorage,
-    sc.PositronEmissionTomographyImageStorage, sc.EnhancedPETImageStorage, sc.NuclearMedicineImageStorage,
-    sc.ComputedRadiographyImageStorage, sc.DigitalXRayImageStorageForPresentation,
-    sc.DigitalMammographyXRayImageStorageForPresentation, sc.BreastTomosynthesisImageStorage,
-    sc.UltrasoundImageStorage, sc.UltrasoundMultiFrameImageStorage, sc.XRayAngiographicImageStorage,
-    sc.RTStructureSetStorage, sc.RTDoseStorage, sc.RTPlanStorage,
-    sc.GrayscaleSoftcopyPresentationStateStorage, sc.EncapsulatedPDFStorage,
-)
-
-#: transfer syntaxes we accept for received instances: uncompressed first, then lossless
-#: compressed forms pydicom can decode (so a PACS need not transcode what it stores compressed)
-RECEIVE_TRANSFER_SYNTAXES: list[str] = [
-    ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
-    JPEGLSLossless, JPEG2000Lossless, JPEGLosslessSV1, RLELossless,
-]
+#: storage SOP classes always proposed for retrieval and sending, and the transfer syntaxes we
+#: accept for received instances (literal UIDs in .dimse, which must not import pynetdicom)
+from .dimse import DEFAULT_STORAGE_CLASSES, RECEIVE_TRANSFER_SYNTAXES  # noqa: E402
 
 MAX_CONTEXTS = 128  # PS3.8: at most 128 presentation contexts per association
 
@@ -82,7 +52,7 @@ ProgressCallback = Callable[[int, int], None]  # (done, total) — total is 0 wh
 _config.LOG_REQUEST_IDENTIFIERS = False
 _config.LOG_RESPONSE_IDENTIFIERS = False
 
-#: C-GET without TLS runs on the calling thread (syncget); False = pynetdicom's own path
+#: C-GET without TLS runs on the lean requestor (retrieval, dimse); False = pynetdicom's own path
 SYNC_GET = True
 
 #: longest the DUL reactor waits in select() before checking its timers and kill flag
@@ -447,54 +417,8 @@ def find(node: Node, settings: PacsSettings, level: str, **filters: str | None) 
 
 
 # --- retrieval -------------------------------------------------------------------------------------
-@dataclass
-class RetrieveResult:
-    """Outcome of one retrieval. ``complete`` only when every expected instance is on disk."""
-
-    study_uid: str
-    out_dir: Path
-    expected: int = 0
-    received: int = 0
-    failed: int = 0
-    warnings: int = 0
-    seconds: float = 0.0
-    cancelled: bool = False
-    complete: bool = False
-    associations: int = 1
-    method: str = "get"
-    errors: list[str] = field(default_factory=list)
-    paths: list[Path] = field(default_factory=list)
-
-    def as_json(self) -> dict[str, Any]:
-        rate = self.received / self.seconds if self.seconds > 0 else 0.0
-        return {
-            "study_uid": self.study_uid, "out": str(self.out_dir), "method": self.method,
-            "expected": self.expected, "received": self.received, "failed": self.failed,
-            "warnings": self.warnings, "seconds": round(self.seconds, 3), "images_per_second": round(rate, 1),
-            "complete": self.complete, "cancelled": self.cancelled, "associations": self.associations,
-            "errors": self.errors,
-        }
-
-
-class _Progress:
-    """Thread-safe counter shared by the retrieval workers; calls the user's callback."""
-
-    def __init__(self, total: int, callback: ProgressCallback | None) -> None:
-        self.total, self.callback = total, callback
-        self.done = 0
-        self.lock = threading.Lock()
-        self.paths: dict[str, Path] = {}
-        self.local_failures = 0
-
-    def stored(self, sop_uid: str, path: Path) -> None:
-        with self.lock:
-            new = sop_uid not in self.paths
-            self.paths[sop_uid] = path
-            if new:
-                self.done += 1
-            done = self.done
-        if new and self.callback:
-            self.callback(done, self.total)
+RetrieveResult = retrieval.RetrieveResult
+_Progress = retrieval.Progress
 
 
 def _store_encoded(
@@ -532,52 +456,9 @@ def _store_handler(store: InstanceStore, progress: _Progress, node: Node) -> Cal
     return handle
 
 
-def _run_sync_get(
-    node: Node,
-    settings: PacsSettings,
-    assoc: Association,
-    hold: syncget.ReactorHold,
-    identifier: Dataset,
-    model: str,
-    store: InstanceStore,
-    progress: _Progress,
-    cancel: threading.Event | None,
-    out: _Outcome,
-) -> None:
-    """The C-GET on this thread (see syncget): same outcome as pynetdicom's path, a fraction of the CPU."""
-    accepted = assoc._accepted_cx
-
-    def on_instance(context_id: int, sop_class: str, sop_instance: str, fragments: list[memoryview]) -> int:
-        cx = accepted.get(context_id)
-        if cx is None or not cx.transfer_syntax:
-            return 0xC210
-        ts = str(cx.transfer_syntax[0])
-        encoded = b"".join([syncget.part10_head(sop_class or cx.abstract_syntax, sop_instance, ts), *fragments])
-        return _store_encoded(store, progress, node, encoded, ts, uids_of_dataset(fragments[0], ts))
-
-    failed = False
-    try:
-        with hold:
-            res = syncget.SyncGet(assoc, settings.timeouts.dimse).run(identifier, model, on_instance, cancel=cancel)
-        out.completed, out.failed, out.warnings = res.completed, res.failed, res.warnings
-        out.final_status = res.final_status
-        out.cancelled = res.final_status == 0xFE00 or (cancel is not None and cancel.is_set())
-    except syncget.SyncGetError as exc:
-        failed = True
-        if exc.timeout:
-            out.error = f"{node}: no DIMSE response within {settings.timeouts.dimse:g} s; association aborted"
-        else:
-            out.error = f"{node} aborted the association during C-GET ({exc})"
-    except OSError as exc:
-        failed = True
-        out.error = f"{node} aborted the association during C-GET ({(exc.strerror or str(exc)).lower()})"
-    if failed:
-        assoc.abort()
-
-
 def _storage_contexts(classes: Iterable[str]) -> list[Any]:
     uniq = list(dict.fromkeys([*classes, *DEFAULT_STORAGE_CLASSES]))
-    return [build_context(uid, RECEIVE_TRANSFER_SYNTAXES) for uid in uniq[: MAX_CONTEXTS - 1]]
+    return [build_context(uid, list(RECEIVE_TRANSFER_SYNTAXES)) for uid in uniq[: MAX_CONTEXTS - 1]]
 
 
 def _chunks(items: Sequence[Any], n: int) -> list[list[Any]]:
@@ -619,10 +500,6 @@ def _run_get(
         contexts, roles, handlers = [build_context(model)], [], []
     try:
         with associate(node, settings, contexts, roles=roles, handlers=handlers) as assoc:
-            hold = syncget.ReactorHold(assoc)
-            if method == "get" and SYNC_GET and hold.possible and node.tls is None:
-                _run_sync_get(node, settings, assoc, hold, identifier, model, store, progress, cancel, out)
-                return out
             cancel_sent = False
             last = time.monotonic()
             responses = (
@@ -739,6 +616,10 @@ def retrieve(
     method = method or node.retrieve
     if method not in ("get", "move"):
         raise PacsOperationError(f"retrieve method {method!r}: use 'get' or 'move'")
+    if method == "get" and SYNC_GET and node.tls is None:
+        # the lean requestor (retrieval.get), on the calling thread(s): no pynetdicom reactors
+        return retrieval.get(node, settings, study_uid, out_dir, series_uids=series_uids, parallel=parallel,
+                             on_progress=on_progress, cancel=cancel)
     if method == "move" and not move_destination:
         raise PacsOperationError("C-MOVE needs a destination AE title (a listener the PACS knows)")
     # Instances are written with temp name + rename but without a per-file fsync; one filesystem

@@ -8,7 +8,6 @@ example. Files are validated on load (pydantic) so a typo names the key and the 
 from __future__ import annotations
 
 import os
-import re
 import ssl
 import tomllib
 from pathlib import Path
@@ -17,20 +16,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import PacsSettingsError
+from .quicksettings import DEFAULT_SETTINGS_PATH, INLINE_RE as _INLINE_RE, SETTINGS_ENV, validate_aet
 
-#: where settings are looked for when no ``--settings`` is given
-SETTINGS_ENV = "MEDIMGAI_PACS_SETTINGS"
-DEFAULT_SETTINGS_PATH = Path("~/.config/medimgai/pacs.toml")
-
-# AE titles: 1-16 characters of the default character repertoire, no backslash, not all spaces.
-_AET_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
-_INLINE_RE = re.compile(r"^(?P<aet>[^@]{1,16})@(?P<host>\[[0-9a-fA-F:.]+\]|[^:@\s]+):(?P<port>\d{1,5})$")
-
-
-def validate_aet(value: str, what: str = "AE title") -> str:
-    if not _AET_RE.match(value) or not value.strip():
-        raise PacsSettingsError(f"{what} {value!r} is not a valid AE title (1-16 printable characters, no backslash)")
-    return value.strip()
+__all__ = ["DEFAULT_SETTINGS_PATH", "SETTINGS_ENV", "ListenerSettings", "Node", "PacsSettings", "Timeouts",
+           "TlsSettings", "load_settings", "validate_aet"]
 
 
 class _Model(BaseModel):

@@ -1,18 +1,18 @@
-"""C-GET driven synchronously on an association pynetdicom negotiated: the retrieval hot path.
+"""C-STOREs served synchronously on an association pynetdicom accepted: the listener's hot path.
 
 Why: through pynetdicom every received image crosses three threads (DUL reactor -> DIMSE queue ->
 association reactor -> handler -> back to the reactor to send the response) and its PDUs and command
 sets are decoded by general Python code; that measured ~7 ms of CPU per 512x512 image here against
-~1 ms for DCMTK getscu, and on a loaded machine each hand-off also waits for a CPU slice.
+~1 ms for DCMTK, and on a loaded machine each hand-off also waits for a CPU slice.
 
-How: pynetdicom still opens, negotiates (contexts, SCP/SCU roles), releases and aborts the
-association. For the C-GET itself its two reactors are parked (see :class:`ReactorHold`) and this
-module reads the P-DATA-TF PDUs from the socket itself, in the calling thread: command sets are
-parsed in place (Implicit VR Little Endian, a handful of group 0000 elements), each C-STORE
-sub-operation's dataset fragments are gathered and handed to ``on_instance`` (which writes and
-validates; its status goes back in the C-STORE-RSP), and the C-GET-RSPs update the counts. The
-request is encoded by pynetdicom's own message classes. A PDU that is not P-DATA (release, abort) is
-left unread on the socket (peeked) and the reactors take over again to handle it as usual.
+How: pynetdicom still accepts and negotiates the association (contexts, roles), and serves anything
+that is not a C-STORE. For the C-STOREs its two reactors are parked (see :class:`ReactorHold`) and
+this module reads the P-DATA-TF PDUs from the socket itself, in the association's thread: command
+sets are parsed in place (Implicit VR Little Endian, a handful of group 0000 elements; the encoding
+helpers are shared with the lean requestor, :mod:`.dimse`), each C-STORE's dataset fragments are
+handed to ``on_store`` (which checks and stores; its status goes back in the C-STORE-RSP). A PDU
+that is not P-DATA (release, abort) is left unread on the socket (peeked) and the reactors take over
+again to handle it as usual. (Retrieval no longer needs this: `pacs get` runs on :mod:`.dimse`.)
 """
 
 from __future__ import annotations
@@ -20,37 +20,29 @@ from __future__ import annotations
 import select
 import socket
 import struct
-import threading
 import time
-from dataclasses import dataclass, field
-from io import BytesIO
 from typing import Any, Callable
 
-from pydicom.dataset import Dataset
-from pydicom.uid import UID
-from pynetdicom.dimse_messages import C_GET_RQ
-from pynetdicom.dimse_primitives import C_GET
-from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION
-from pynetdicom.dsutils import encode
-from pynetdicom.pdu import P_DATA_TF
+from .dimse import (  # noqa: F401 - re-exported: the listener and the tests use them from here
+    C_STORE_RQ_FIELD,
+    _AFFECTED_SOP_CLASS,
+    _AFFECTED_SOP_INSTANCE,
+    _COMMAND_FIELD,
+    _DATASET_TYPE,
+    _MESSAGE_ID,
+    _NO_DATASET,
+    cancel_request,
+    encode_command,
+    parse_command,
+    part10_head,
+    pdata_pdu,
+    store_response,
+)
+from .dimse import uid_text as _uid
+from .dimse import us as _us
 
-# group 0000 elements used here (PS3.7 E.1)
-_AFFECTED_SOP_CLASS = 0x0002
-_COMMAND_FIELD = 0x0100
-_MESSAGE_ID = 0x0110
-_MESSAGE_ID_RESPONDED = 0x0120
-_DATASET_TYPE = 0x0800
-_STATUS = 0x0900
-_AFFECTED_SOP_INSTANCE = 0x1000
-_COUNTS = {0x1020: "remaining", 0x1021: "completed", 0x1022: "failed", 0x1023: "warnings"}
-_NO_DATASET = 0x0101
-C_STORE_RQ_FIELD = 0x0001
-C_GET_RSP_FIELD = 0x8010
-C_STORE_RSP_FIELD = 0x8001
-C_CANCEL_RQ_FIELD = 0x0FFF
-
-#: called with (context_id, sop_class_uid, sop_instance_uid, dataset fragments); returns a status
-InstanceHandler = Callable[[int, str, str, list[memoryview]], int]
+__all__ = ["ReactorHold", "StoreHandler", "SyncGetError", "SyncStoreSCP", "cancel_request", "encode_command",
+           "parse_command", "part10_head", "pdata_pdu", "store_response"]
 
 
 class SyncGetError(Exception):
@@ -60,105 +52,6 @@ class SyncGetError(Exception):
         super().__init__(message)
         self.timeout = timeout
         self.abort = abort  # the exchange is out of step: the association must be aborted
-
-
-@dataclass
-class SyncGetOutcome:
-    completed: int = 0
-    failed: int = 0
-    warnings: int = 0
-    remaining: int | None = None
-    final_status: int | None = None
-    cancelled: bool = False
-    statuses: list[int] = field(default_factory=list)
-
-
-def parse_command(data: bytes | bytearray | memoryview) -> dict[int, bytes]:
-    """Element number -> raw value of a command set (group 0000, Implicit VR Little Endian)."""
-    out: dict[int, bytes] = {}
-    mv = memoryview(data)
-    off, end = 0, len(mv)
-    while off + 8 <= end:
-        _group, elem, length = struct.unpack_from("<HHI", mv, off)
-        off += 8
-        out[elem] = bytes(mv[off:off + length])
-        off += length
-    return out
-
-
-_PREAMBLE = b"\0" * 128 + b"DICM"
-
-
-def _meta_element(elem: int, vr: bytes, value: bytes) -> bytes:
-    if vr == b"OB":  # explicit VR with a 4-byte length
-        return struct.pack("<HH2sHI", 0x0002, elem, vr, 0, len(value)) + value
-    return struct.pack("<HH2sH", 0x0002, elem, vr, len(value)) + value
-
-
-def part10_head(sop_class: str, sop_instance: str, transfer_syntax: str) -> bytes:
-    """Preamble and File Meta Information for a received dataset: the bytes pydicom's
-    ``write_file_meta_info`` writes for pynetdicom's ``create_file_meta`` (a unit test holds them
-    equal), encoded directly because through pydicom they cost ~0.4 ms per instance."""
-    version = PYNETDICOM_IMPLEMENTATION_VERSION.encode("ascii")
-    body = b"".join((
-        _meta_element(0x0001, b"OB", b"\x00\x01"),
-        _meta_element(0x0002, b"UI", _ui(sop_class)),
-        _meta_element(0x0003, b"UI", _ui(sop_instance)),
-        _meta_element(0x0010, b"UI", _ui(transfer_syntax)),
-        _meta_element(0x0012, b"UI", _ui(PYNETDICOM_IMPLEMENTATION_UID)),
-        _meta_element(0x0013, b"SH", version + b" " if len(version) % 2 else version),
-    ))
-    return _PREAMBLE + _meta_element(0x0000, b"UL", struct.pack("<I", len(body))) + body
-
-
-def _us(value: bytes | None) -> int | None:
-    return int.from_bytes(value[:2], "little") if value else None
-
-
-def _uid(value: bytes | None) -> str:
-    return value.rstrip(b"\0 ").decode("ascii", "replace") if value else ""
-
-
-def _element(elem: int, value: bytes) -> bytes:
-    return struct.pack("<HHI", 0, elem, len(value)) + value
-
-
-def _ui(text: str) -> bytes:
-    raw = text.encode("ascii")
-    return raw + b"\0" if len(raw) % 2 else raw
-
-
-def encode_command(elements: list[tuple[int, bytes]]) -> bytes:
-    """A command set from (element, raw value) pairs in ascending order, with its group length."""
-    body = b"".join(_element(e, v) for e, v in elements)
-    return _element(0x0000, struct.pack("<I", len(body))) + body
-
-
-def pdata_pdu(context_id: int, command: bytes) -> bytes:
-    """One P-DATA-TF PDU carrying a whole command set (last fragment) and no dataset."""
-    item = bytes((context_id, 0x03)) + command
-    return struct.pack(">BBII", 0x04, 0, len(item) + 4, len(item)) + item
-
-
-def store_response(context_id: int, msg_id: int, sop_class: str, sop_instance: str, status: int) -> bytes:
-    cmd = encode_command([
-        (_AFFECTED_SOP_CLASS, _ui(sop_class)),
-        (_COMMAND_FIELD, struct.pack("<H", C_STORE_RSP_FIELD)),
-        (_MESSAGE_ID_RESPONDED, struct.pack("<H", msg_id)),
-        (_DATASET_TYPE, struct.pack("<H", _NO_DATASET)),
-        (_STATUS, struct.pack("<H", status)),
-        (_AFFECTED_SOP_INSTANCE, _ui(sop_instance)),
-    ])
-    return pdata_pdu(context_id, cmd)
-
-
-def cancel_request(context_id: int, msg_id: int) -> bytes:
-    cmd = encode_command([
-        (_COMMAND_FIELD, struct.pack("<H", C_CANCEL_RQ_FIELD)),
-        (_MESSAGE_ID_RESPONDED, struct.pack("<H", msg_id)),
-        (_DATASET_TYPE, struct.pack("<H", _NO_DATASET)),
-    ])
-    return pdata_pdu(context_id, cmd)
 
 
 class ReactorHold:
@@ -211,8 +104,8 @@ class _Wire:
         self.timeout = timeout
 
     # -- socket -----------------------------------------------------------------------------
-    # The socket is in timeout mode (pynetdicom sets the network timeout; SyncGet.run the DIMSE
-    # timeout): a recv that waits longer raises socket.timeout, which ends the exchange.
+    # The socket is in timeout mode (pynetdicom sets the network timeout): a recv that waits
+    # longer raises socket.timeout, which ends the exchange.
     def _timed_out(self) -> SyncGetError:
         shown = f"{self.timeout:g} s" if self.timeout is not None else "the timeout"
         return SyncGetError(f"no DIMSE response within {shown}", timeout=True)
@@ -263,133 +156,14 @@ class _Wire:
                 raise self._timed_out()
             time.sleep(0.0002)  # part of it is there: the rest is on its way
 
-    def _read_pdu(self) -> memoryview:
+    def _read_any_pdu(self) -> tuple[int, memoryview]:
         header = self._read_exact(6)
         (length,) = struct.unpack_from(">I", header, 2)
-        return memoryview(self._read_exact(length))
-
-
-class SyncGet(_Wire):
-    """One C-GET on an established (and held) association."""
-
-    # -- the exchange -----------------------------------------------------------------------
-    def run(
-        self,
-        identifier: Dataset,
-        query_model: str,
-        on_instance: InstanceHandler,
-        *,
-        msg_id: int = 1,
-        cancel: threading.Event | None = None,
-        on_response: Callable[[SyncGetOutcome], None] | None = None,
-    ) -> SyncGetOutcome:
-        assoc = self.assoc
-        cx = assoc._get_valid_context(query_model, "", "scu")
-        ts = cx.transfer_syntax[0]
-        req = C_GET()
-        req.MessageID = msg_id
-        req.AffectedSOPClassUID = UID(query_model)
-        req.Priority = 2
-        req.Identifier = BytesIO(encode(identifier, ts.is_implicit_VR, ts.is_little_endian, ts.is_deflated))
-        msg = C_GET_RQ()
-        msg.primitive_to_message(req)
-        peer_max = assoc.acceptor.maximum_length or 0
-        old_timeout = self.sock.gettimeout()
-        self.sock.settimeout(self.timeout)
-        try:
-            for pdata in msg.encode_msg(cx.context_id, peer_max):
-                self.sock.sendall(P_DATA_TF(pdata).encode())
-            return self._receive(cx.context_id, msg_id, on_instance, cancel, on_response)
-        finally:
-            try:
-                self.sock.settimeout(old_timeout)
-            except OSError:
-                pass
-
-    def _receive(
-        self,
-        query_cx: int,
-        msg_id: int,
-        on_instance: InstanceHandler,
-        cancel: threading.Event | None,
-        on_response: Callable[[SyncGetOutcome], None] | None,
-    ) -> SyncGetOutcome:
-        out = SyncGetOutcome()
-        command = bytearray()
-        cmd: dict[int, bytes] | None = None
-        cmd_cx = 0
-        fragments: list[memoryview] = []
-        cancel_sent = False
-        while True:
-            if cancel is not None and cancel.is_set() and not cancel_sent:
-                self.sock.sendall(cancel_request(query_cx, msg_id))
-                cancel_sent = True
-            pdu_type = self._next_pdu_type()
-            if pdu_type != 0x04:
-                kind = {0x05: "released", 0x07: "aborted"}.get(pdu_type, f"sent PDU type 0x{pdu_type:02X} during")
-                raise SyncGetError(f"peer {kind} the association" if pdu_type in (5, 7) else f"peer {kind} C-GET")
-            body = self._read_pdu()
-            length = len(body)
-            off = 0
-            while off + 6 <= length:
-                (item_len,) = struct.unpack_from(">I", body, off)
-                context_id, control = body[off + 4], body[off + 5]
-                data = body[off + 6:off + 4 + item_len]
-                off += 4 + item_len
-                if control & 0x01:  # command fragment
-                    command += data
-                    if not control & 0x02:
-                        continue
-                    cmd, cmd_cx = parse_command(command), context_id
-                    command = bytearray()
-                    fragments = []
-                    if _us(cmd.get(_DATASET_TYPE)) != _NO_DATASET:
-                        continue  # its dataset follows
-                else:  # dataset fragment
-                    fragments.append(data)
-                    if not control & 0x02:
-                        continue
-                if cmd is None:
-                    raise SyncGetError("peer sent a dataset without a command")
-                done = self._message(cmd, cmd_cx, fragments, out, on_instance, on_response)
-                cmd, fragments = None, []
-                if done:
-                    out.cancelled = out.cancelled or out.final_status == 0xFE00
-                    return out
-
-    def _message(
-        self,
-        cmd: dict[int, bytes],
-        context_id: int,
-        fragments: list[memoryview],
-        out: SyncGetOutcome,
-        on_instance: InstanceHandler,
-        on_response: Callable[[SyncGetOutcome], None] | None,
-    ) -> bool:
-        field_ = _us(cmd.get(_COMMAND_FIELD))
-        if field_ == C_STORE_RQ_FIELD:
-            sop_class = _uid(cmd.get(_AFFECTED_SOP_CLASS))
-            sop_instance = _uid(cmd.get(_AFFECTED_SOP_INSTANCE))
-            status = on_instance(context_id, sop_class, sop_instance, fragments) if fragments else 0xC000
-            self.sock.sendall(store_response(context_id, _us(cmd.get(_MESSAGE_ID)) or 0, sop_class, sop_instance, status))
-            return False
-        if field_ == C_GET_RSP_FIELD:
-            status = _us(cmd.get(_STATUS))
-            for elem, name in _COUNTS.items():
-                if elem in cmd and cmd[elem]:
-                    setattr(out, name, _us(cmd[elem]))
-            out.statuses.append(status if status is not None else -1)
-            if status in (0xFF00, 0xFF01):  # pending
-                if on_response:
-                    on_response(out)
-                return False
-            out.final_status = status
-            return True
-        raise SyncGetError(f"peer sent an unexpected DIMSE message (command 0x{field_ or 0:04X}) during C-GET")
+        return header[0], memoryview(self._read_exact(length))
 
 
 #: called with (context_id, sop_class_uid, sop_instance_uid, dataset fragments); returns a status
-StoreHandler = InstanceHandler
+StoreHandler = Callable[[int, str, str, list[memoryview]], int]
 
 
 class SyncStoreSCP(_Wire):
@@ -417,9 +191,11 @@ class SyncStoreSCP(_Wire):
                 fragments: list[memoryview] = []
                 finished = False
                 while not finished:
-                    if self._peek(1)[:1] != b"\x04":  # abort/release/close in the middle of a message
+                    # no peek first: anything but P-DATA in the middle of a message (abort, release)
+                    # ends the exchange, and the association is aborted either way
+                    kind, body = self._read_any_pdu()
+                    if kind != 0x04:
                         raise SyncGetError("peer ended the association during a C-STORE")
-                    body = self._read_pdu()
                     off, length = 0, len(body)
                     while off + 6 <= length and not finished:
                         (item_len,) = struct.unpack_from(">I", body, off)

@@ -263,16 +263,32 @@ def test_listener_killed_mid_study_keeps_every_acknowledged_instance(study, tmp_
     acked = _send_and_interrupt(port, files, 10, lambda: proc.send_signal(signal.SIGKILL))
     proc.wait(timeout=10)
     assert 10 <= len(acked) < len(files), "the kill must land mid-study"
-    on_disk = {p.stem: p for p in store.glob("*/*/*.dcm")}
-    for f in acked:  # every acknowledged instance is complete on disk
+    # every acknowledged instance is on disk, whole: as its file, or as a record of the write-ahead
+    # journal (flushed before the success status; the file is placed after it, so a kill can land
+    # in between) whose bytes are the instance
+    from MedImgAILib.pacs.storage import JOURNAL_NAME, Journal
+
+    on_disk = {p.stem: p.read_bytes() for p in store.glob("*/*/*.dcm")}
+    if (store / JOURNAL_NAME).exists():
+        journal = Journal(store, capacity=0)  # as it is: no preallocation
+        on_disk.update({rel.rsplit("/", 1)[-1][:-4]: data for rel, data in journal.records()})
+        os.close(journal.fd)
+    import io
+
+    for f in acked:
         sop = str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
         assert sop in on_disk
-        assert pydicom.dcmread(on_disk[sop]).PixelData == pydicom.dcmread(f).PixelData
-    # restart: the store is re-scanned (half-written temporaries dropped), everything acknowledged is
-    # indexed and queryable, and the never-reported study is reported complete
+        assert pydicom.dcmread(io.BytesIO(on_disk[sop])).PixelData == pydicom.dcmread(f).PixelData
+    # restart: the journal is replayed (files placed), the store re-scanned (half-written temporaries
+    # dropped), everything acknowledged is a file, indexed and queryable, and the never-reported study
+    # is reported complete
     proc, port = _start_listener_process(store, quiet=1.0)
     study_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
     acked_sops = _sops(acked)
+    placed = {p.stem: p for p in store.glob("*/*/*.dcm")}
+    for f in acked:
+        sop = str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID)
+        assert pydicom.dcmread(placed[sop]).PixelData == pydicom.dcmread(f).PixelData
     assert acked_sops <= _indexed_sops(StudyIndex(tmp_path / "index.db"), study_uid)
     try:
         s = PacsSettings()

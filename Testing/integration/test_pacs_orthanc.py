@@ -104,6 +104,59 @@ def test_parallel_associations_split_a_study(fault_orthanc, study, in_ns, tmp_pa
     assert res.complete and res.received == fault_orthanc.expected
 
 
+def test_parallel_retrieve_gets_every_instance_exactly_once(fault_orthanc, study, in_ns, tmp_path):
+    s = PacsSettings()
+    node = s.node(fault_orthanc.node)
+    seen: list[int] = []
+    res = client.retrieve(node, s, study["study_uid"], tmp_path, parallel=2,
+                          on_progress=lambda done, total: seen.append(done))
+    assert res.associations == 2 and res.complete
+    files = sorted(tmp_path.glob("*/*/*.dcm"))
+    sops = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
+    assert len(sops) == len(set(sops)) == res.received == res.expected == fault_orthanc.expected
+    assert {f.stem for f in files} == set(sops)  # each file named by its own SOP Instance UID
+    assert seen == list(range(1, fault_orthanc.expected + 1))  # progress counts each instance once
+    assert not list(tmp_path.glob("*/*/.incoming-*"))
+
+
+def test_parallel_retrieve_peer_killed_is_partial_then_retry_completes(fault_orthanc, study, in_ns, tmp_path):
+    s = PacsSettings()
+    node = s.node(fault_orthanc.node)
+
+    def kill_after_ten(done: int, total: int) -> None:
+        if done == 10:
+            fault_orthanc.stop(sig=9)
+
+    res = client.retrieve(node, s, study["study_uid"], tmp_path, parallel=2, on_progress=kill_after_ten)
+    assert res.associations == 2 and not res.complete
+    assert 10 <= res.received < res.expected == fault_orthanc.expected
+    assert res.errors and all("aborted" in e for e in res.errors)
+    fault_orthanc.start()
+    res = client.retrieve(node, s, study["study_uid"], tmp_path, parallel=2)
+    assert res.complete and res.received == res.expected == fault_orthanc.expected
+    assert len(list(tmp_path.glob("*/*/*.dcm"))) == fault_orthanc.expected
+
+
+def test_get_cli_starts_without_pynetdicom_pydicom_or_pydantic(orthanc, study, in_ns, tmp_path):
+    """`pacs get` runs on the lean requestor: its start-up must not pay for pynetdicom, pydicom
+    (numpy) or pydantic (~0.5 s of CPU here), and it still retrieves the whole study."""
+    code = ("import json, sys; from MedImgAILib.cli import main; rc = main(sys.argv[1:]); "
+            "print(json.dumps({'rc': rc, 'loaded': sorted(m for m in ('pynetdicom', 'pydicom', 'pydantic', 'numpy') "
+            "if m in sys.modules)}), file=sys.stderr)")
+    import subprocess
+    import sys
+
+    from Testing.conftest import REPO
+
+    r = subprocess.run([sys.executable, "-c", code, "pacs", "get", orthanc.node, study["study_uid"], "--out",
+                        str(tmp_path), "--json"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    status = json.loads(r.stderr.strip().splitlines()[-1])
+    assert status == {"rc": 0, "loaded": []}, r.stderr
+    out = json.loads(r.stdout)
+    assert out["complete"] and out["received"] == 14
+    assert _sops(tmp_path.glob("*/*/*.dcm")) == _sops(study["files"])
+
+
 def test_move_cli_into_temporary_listener(orthanc, study, in_ns, tmp_path):
     r = run_cli("pacs", "move", orthanc.node, study["study_uid"], "--out", str(tmp_path), "--port", str(MOVE_PORT),
                 "--aet", OUR_AET, "--json")

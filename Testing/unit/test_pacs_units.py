@@ -218,7 +218,7 @@ def test_received_file_meta_is_what_pydicom_writes(ts):
     from pydicom.uid import UID
     from pynetdicom.dsutils import create_file_meta
 
-    from MedImgAILib.pacs.syncget import part10_head
+    from MedImgAILib.pacs.dimse import part10_head
 
     for sop_class, sop in (("1.2.840.10008.5.1.4.1.1.2", "1.2.3.4"), ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.345")):
         buf = DicomBytesIO()
@@ -228,13 +228,123 @@ def test_received_file_meta_is_what_pydicom_writes(ts):
 
 
 def test_naming_uids_from_the_dataset_start_match_a_full_parse():
-    from MedImgAILib.pacs.storage import uids_of, uids_of_dataset
+    from MedImgAILib.pacs.dimse import naming_uids
+    from MedImgAILib.pacs.storage import uids_of
 
     ds, raw = _instance()
     full = uids_of(raw)
     start = raw.index(b"DICM") + 4 + 12 + int.from_bytes(raw[140:144], "little")  # after the file meta
-    fast = uids_of_dataset(memoryview(raw)[start:], str(ds.file_meta.TransferSyntaxUID))
-    assert fast is not None
-    for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
-        assert fast[kw].value == full[kw].value
-    assert uids_of_dataset(memoryview(raw)[start:], "1.2.840.10008.1.2.1.99") is None  # deflated: full parse
+    fast = naming_uids(memoryview(raw)[start:], str(ds.file_meta.TransferSyntaxUID))
+    assert fast == (full.StudyInstanceUID, full.SeriesInstanceUID, full.SOPInstanceUID)
+    assert naming_uids(memoryview(raw)[start:], "1.2.840.10008.1.2.1.99") is None  # deflated: full parse
+
+
+# --- the lean requestor (pacs/dimse.py): what it hard-codes must be what pynetdicom/pydicom say --------
+def test_lean_requestor_constants_are_pynetdicoms():
+    import pynetdicom
+    from pydicom.uid import (DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+                             JPEG2000Lossless, JPEGLosslessSV1, JPEGLSLossless, RLELossless)
+    from pynetdicom import sop_class as sc
+
+    from MedImgAILib.cli.pacs import LEVELS
+    from MedImgAILib.pacs import client, dimse
+
+    assert dimse.IMPLEMENTATION_CLASS_UID == pynetdicom.PYNETDICOM_IMPLEMENTATION_UID
+    assert dimse.IMPLEMENTATION_VERSION == pynetdicom.PYNETDICOM_IMPLEMENTATION_VERSION
+    assert dimse.STUDY_ROOT_FIND == sc.StudyRootQueryRetrieveInformationModelFind
+    assert dimse.STUDY_ROOT_GET == sc.StudyRootQueryRetrieveInformationModelGet
+    assert list(dimse.RECEIVE_TRANSFER_SYNTAXES) == [
+        ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
+        JPEGLSLossless, JPEG2000Lossless, JPEGLosslessSV1, RLELossless]
+    expected = [sc.CTImageStorage, sc.EnhancedCTImageStorage, sc.MRImageStorage, sc.SegmentationStorage,
+                sc.Comprehensive3DSRStorage, sc.EnhancedSRStorage, sc.ComprehensiveSRStorage,
+                sc.SecondaryCaptureImageStorage, sc.MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+                sc.KeyObjectSelectionDocumentStorage, sc.EncapsulatedPDFStorage]
+    assert set(expected) <= set(dimse.DEFAULT_STORAGE_CLASSES)
+    storage = {str(cx.abstract_syntax) for cx in pynetdicom.AllStoragePresentationContexts}
+    assert set(dimse.DEFAULT_STORAGE_CLASSES) <= storage  # every one a real storage class
+    assert LEVELS == client.LEVELS
+
+
+_FILES = ["CT_small.dcm", "MR_small.dcm", "MR_small_implicit.dcm", "SC_rgb_rle.dcm",
+          "MR_small_jpeg_ls_lossless.dcm", "JPEG2000.dcm", "MR_small_bigendian.dcm", "MR_truncated.dcm"]
+
+
+@pytest.mark.parametrize("name", _FILES)
+def test_dataset_walker_agrees_with_pydicom(name):
+    """The listener accepts an instance without decoding it: the walker must find the same naming
+    UIDs as pydicom, say which datasets are whole (truncated: no), and leave big endian to pydicom."""
+    from MedImgAILib.pacs import dimse
+
+    path = pydicom.data.get_testdata_file(name)
+    raw = Path(path).read_bytes()
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    ts = str(ds.file_meta.TransferSyntaxUID)
+    data = memoryview(raw)[132 + 12 + int.from_bytes(raw[140:144], "little"):]
+    whole = dimse.well_formed(data, ts)
+    assert whole is (name not in ("MR_small_bigendian.dcm", "MR_truncated.dcm"))
+    uids = dimse.naming_uids(data, ts)
+    if name == "MR_small_bigendian.dcm":
+        assert uids is None
+    else:
+        assert uids == (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    if whole:
+        assert not dimse.well_formed(data[:-3], ts)  # cut short
+        assert not dimse.well_formed(bytes(data) + b"\x08\x00", ts)  # trailing garbage
+
+
+def test_quick_settings_are_the_pydantic_defaults(monkeypatch, tmp_path):
+    """`pacs get` without a settings file skips pydantic: same defaults, same inline node syntax."""
+    from MedImgAILib.pacs.quicksettings import quick_settings
+    from MedImgAILib.pacs.settings import PacsSettings
+
+    monkeypatch.delenv("MEDIMGAI_PACS_SETTINGS", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    q, p = quick_settings(None), PacsSettings()
+    assert q is not None
+    assert (q.local_aet, q.max_pdu) == (p.local_aet, p.max_pdu)
+    assert vars(q.timeouts) == p.timeouts.model_dump()
+    qn, pn = q.node("ORTHANC@127.0.0.1:4242"), p.node("ORTHANC@127.0.0.1:4242")
+    assert (qn.aet, qn.host, qn.port, qn.parallel, qn.retrieve, qn.tls, str(qn)) == (
+        pn.aet, pn.host, pn.port, pn.parallel, pn.retrieve, pn.tls, str(pn))
+    assert quick_settings(None, "OTHER").local_aet == "OTHER"
+    with pytest.raises(PacsSettingsError, match="unknown PACS node"):
+        q.node("orthanc")
+    with pytest.raises(PacsSettingsError, match="not a valid AE title"):
+        q.node("BAD\\AE@127.0.0.1:4242")
+    assert quick_settings(str(EXAMPLE)) is None  # a settings file: pydantic validates it
+
+
+def test_journal_keeps_an_acknowledged_instance_it_could_not_place(tmp_path):
+    """The listener acknowledges after the journal flush and places the file later; if placing
+    fails (a disk full, here a file where its directory must go), no checkpoint may drop the only
+    copy: the record survives close, and the next start replays it."""
+    ds, raw = _instance(study="1.2.3", series="1.2.3.4", sop="1.2.3.4.9")
+    store = InstanceStore(tmp_path)
+    store.open_journal(4 << 20)
+    path = store.path_for("1.2.3", "1.2.3.4", "1.2.3.4.9")
+    offset = store.make_durable(path, [raw])
+    assert offset is not None and not path.exists()
+    (tmp_path / "1.2.3").write_bytes(b"in the way")
+    with pytest.raises(OSError):
+        store.place(path, (offset, len(raw)))
+    with pytest.raises(OSError, match="could not be placed"):
+        store.journal.checkpoint()
+    store.close()  # logs, keeps the records
+    (tmp_path / "1.2.3").unlink()
+    again = InstanceStore(tmp_path)
+    assert again.open_journal(4 << 20) == 1
+    assert path.read_bytes() == raw
+
+
+def test_placing_from_the_journal_copies_the_instance(tmp_path):
+    ds, raw = _instance(sop="1.2.3.4.10")
+    store = InstanceStore(tmp_path)
+    store.open_journal(4 << 20)
+    path = store.path_for(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+    head, body = raw[:1000], memoryview(raw)[1000:]
+    offset = store.make_durable(path, [head, body])  # the listener hands over buffers, not one copy
+    store.place(path, (offset, len(raw)))
+    assert path.read_bytes() == raw
+    store.close()
+    assert InstanceStore(tmp_path).open_journal(4 << 20) == 0
