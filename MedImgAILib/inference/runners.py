@@ -533,52 +533,79 @@ def standard_pipeline(volume: Volume, runner: NetworkRunner, ctx: RunContext) ->
 def _back_to_source(probs: np.ndarray, grid: geo.Grid, volume: Volume, box: Optional[geo.Box], card: ModelCard,
                     want_probabilities: bool) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """Probabilities on the model grid -> label map (and foreground probability) on the full source
-    grid. Only the region where any foreground probability is non-negligible is resampled: elsewhere
-    the answer is background, and resampling a 512x512x300 grid for nothing costs seconds."""
+    grid. Only the neighbourhoods of model voxels with a non-negligible foreground probability (> 0.02)
+    are resampled, one small box per group of them: elsewhere the answer is background (probability
+    reported as 0), and resampling a 512x512x300 grid, or the box around scattered specks over both
+    lungs, for nothing costs seconds."""
+    from scipy import ndimage
+
     target = volume if box is None else geo.crop_volume(volume, box)
     tgrid = geo.Grid.of(target)
-    fg_model = (1.0 - probs[0]) if card.postprocessing_spec.activation == "softmax" else probs.max(axis=0)
+    softmax = card.postprocessing_spec.activation == "softmax"
+    fg_model = (1.0 - probs[0]) if softmax else probs.max(axis=0)
     labels_full = np.zeros(volume.array.shape, dtype=np.uint8)
     fg_full = np.zeros(volume.array.shape, dtype=np.float32) if want_probabilities else None
-    region = np.argwhere(fg_model > 0.02)
-    if region.size:
-        lo = np.maximum(region.min(axis=0) - 2, 0)
-        hi = np.minimum(region.max(axis=0) + 3, np.asarray(grid.shape_kji))
+    mask = fg_model > 0.02
+    if not mask.any():
+        return labels_full, fg_full
+    # one box per group of nearby voxels: each component's bounding box grown by 2 voxels (a source
+    # voxel interpolates from model voxels at most 1 away), overlapping boxes merged until none
+    # overlap, so no box holds another's voxels and a source-grid component never spans two boxes
+    comp, _ = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    shape = np.asarray(grid.shape_kji)
+    boxes = [(np.maximum(np.array([x.start for x in o]) - 2, 0), np.minimum(np.array([x.stop for x in o]) + 2, shape))
+             for o in ndimage.find_objects(comp) if o is not None]
+    del comp
+    merged = True
+    while merged:
+        merged = False
+        out: list[tuple[np.ndarray, np.ndarray]] = []
+        for blo, bhi in boxes:
+            for n, (olo, ohi) in enumerate(out):
+                if np.all(blo < ohi) and np.all(olo < bhi):
+                    out[n] = (np.minimum(blo, olo), np.maximum(bhi, ohi))
+                    merged = True
+                    break
+            else:
+                out.append((blo, bhi))
+        boxes = out
+    if len(boxes) > 100:  # thousands of specks: one box costs less than a resample call per box
+        boxes = [(np.min([b[0] for b in boxes], axis=0), np.max([b[1] for b in boxes], axis=0))]
+    inv_t = np.linalg.inv(tgrid.affine[:3, :3])
+    for lo, hi in boxes:
         # the model-grid sub-box's corners in target indices -> the target index box to fill
         corners = np.array([[a, b, c] for a in (lo[0], hi[0] - 1) for b in (lo[1], hi[1] - 1) for c in (lo[2], hi[2] - 1)], dtype=float)
         lps = corners[:, ::-1] @ grid.affine[:3, :3].T + grid.affine[:3, 3]
-        ijk = (lps - tgrid.affine[:3, 3]) @ np.linalg.inv(tgrid.affine[:3, :3]).T
-        kji = ijk[:, ::-1]
+        kji = ((lps - tgrid.affine[:3, 3]) @ inv_t.T)[:, ::-1]
         tlo = np.maximum(np.floor(kji.min(axis=0)).astype(int) - 1, 0)
         thi = np.minimum(np.ceil(kji.max(axis=0)).astype(int) + 2, np.asarray(tgrid.shape_kji))
-        if np.all(thi > tlo):
-            sub_box = geo.Box(tuple(int(x) for x in tlo), tuple(int(x) for x in thi))  # type: ignore[arg-type]
-            sub = geo.crop_volume(target, sub_box)
-            sgrid = geo.Grid.of(sub)
-            mgrid_sub_aff = grid.affine.copy()
-            mgrid_sub_aff[:3, 3] = grid.affine[:3, :3] @ lo[::-1] + grid.affine[:3, 3]
-            mgrid_sub = geo.Grid(tuple(int(x) for x in (hi - lo)), mgrid_sub_aff)  # type: ignore[arg-type]
-            sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-            chans = [probs[c][sl] for c in range(probs.shape[0])]
-            if card.postprocessing_spec.activation == "softmax" and probs.shape[0] == 2:
-                back = np.stack([np.zeros(sgrid.shape_kji, np.float32),
-                                 geo.resample(np.ascontiguousarray(chans[1]), mgrid_sub, sgrid, default=0.0)])
-                back[0] = 1.0 - back[1]
-            else:
-                back = np.stack([geo.resample(np.ascontiguousarray(ch), mgrid_sub, sgrid,
-                                              default=1.0 if (c == 0 and card.postprocessing_spec.activation == "softmax") else 0.0)
-                                 for c, ch in enumerate(chans)])
-            lab_sub = probabilities_to_labels(back, card)
-            fg_sub = (1.0 - back[0]) if card.postprocessing_spec.activation == "softmax" else back.max(axis=0)
-            # every foreground component lies inside the sub-box (it holds all non-negligible
-            # probability), so components are analysed there, not over the whole series
-            lab_sub = remove_small_components(lab_sub, card, volume.voxel_volume_mm3, fg_sub, volume.affine[:3, :3])
-            # sub-box of the target -> full source indices
-            off = np.asarray(box.lo if box is not None else (0, 0, 0)) + tlo
-            full_sl = tuple(slice(int(a), int(a + s)) for a, s in zip(off, lab_sub.shape))
-            labels_full[full_sl] = lab_sub
-            if fg_full is not None:
-                fg_full[full_sl] = fg_sub
+        if not np.all(thi > tlo):
+            continue
+        sub = geo.crop_volume(target, geo.Box(tuple(int(x) for x in tlo), tuple(int(x) for x in thi)))  # type: ignore[arg-type]
+        sgrid = geo.Grid.of(sub)
+        mgrid_sub_aff = grid.affine.copy()
+        mgrid_sub_aff[:3, 3] = grid.affine[:3, :3] @ lo[::-1] + grid.affine[:3, 3]
+        mgrid_sub = geo.Grid(tuple(int(x) for x in (hi - lo)), mgrid_sub_aff)  # type: ignore[arg-type]
+        sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        chans = [np.ascontiguousarray(probs[c][sl], dtype=np.float32) for c in range(probs.shape[0])]
+        if softmax and probs.shape[0] == 2:
+            back = np.stack([np.zeros(sgrid.shape_kji, np.float32), geo.resample(chans[1], mgrid_sub, sgrid, default=0.0)])
+            back[0] = 1.0 - back[1]
+        else:
+            back = np.stack([geo.resample(ch, mgrid_sub, sgrid, default=1.0 if (c == 0 and softmax) else 0.0)
+                             for c, ch in enumerate(chans)])
+        lab_sub = probabilities_to_labels(back, card)
+        fg_sub = (1.0 - back[0]) if softmax else back.max(axis=0)
+        # every foreground component of this box's voxels lies inside it, so components are analysed
+        # there, not over the whole series
+        lab_sub = remove_small_components(lab_sub, card, volume.voxel_volume_mm3, fg_sub, volume.affine[:3, :3])
+        # sub-box of the target -> full source indices; the source boxes of neighbouring model boxes
+        # may overlap at their margins (background in both, or ~0), so keep the larger value
+        off = np.asarray(box.lo if box is not None else (0, 0, 0)) + tlo
+        full_sl = tuple(slice(int(a), int(a + n)) for a, n in zip(off, lab_sub.shape))
+        np.maximum(labels_full[full_sl], lab_sub, out=labels_full[full_sl])
+        if fg_full is not None:
+            np.maximum(fg_full[full_sl], fg_sub, out=fg_full[full_sl])
     return labels_full, fg_full
 
 
