@@ -95,6 +95,6 @@ def test_back_to_source_in_small_boxes_equals_the_whole_series():
     ref = remove_small_components((whole > 0.5).astype(np.uint8), card, vol.voxel_volume_mm3, whole, vol.affine[:3, :3])
     from scipy import ndimage
 
-    assert ndimage.label(ref, structure=np.ones((3, 3, 3)))[1] >= 3  # the blobs; the "vessel" is ruled out
+    assert ndimage.label(ref, structure=np.ones((3, 3, 3)))[1] >= 2  # blobs in separate boxes; the "vessel" ruled out
     assert np.array_equal(labels, ref)
     assert np.abs(fg - np.where(whole > 0.02, whole, fg)).max() < 1e-5  # probabilities above 0.02 are the same
