@@ -9,10 +9,11 @@ that grid.
   pipeline that owns preprocessing and postprocessing;
 - ``external``: a command (nnU-Net / TotalSegmentator style), NIfTI in and NIfTI out.
 
-The three network kinds share one pipeline (:class:`NetworkRunner`): optional CT crop -> resample onto
-the card's axis-aligned grid -> normalize -> MONAI sliding-window inference (AMP on GPU, optional bf16
-on CPU) -> activation -> probabilities resampled linearly back to the source grid -> threshold/argmax
--> small components removed.
+The three network kinds share one pipeline (:class:`NetworkRunner`): optional CT crop box -> the
+card's axis-aligned grid over the whole series -> MONAI sliding-window inference with MONAI's windows
+over that whole grid, skipping those that miss the crop box (so the crop never changes the answer
+inside it), AMP on GPU, optional bf16 on CPU -> activation -> probabilities resampled linearly back to
+the source grid around each group of foreground -> threshold/argmax -> the card's component rules.
 """
 
 from __future__ import annotations
