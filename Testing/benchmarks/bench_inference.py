@@ -89,9 +89,10 @@ def child(variant: str, data: Path, out: Path, device: str, weights: str | None)
     from MedImgAILib.inference import RunOptions, make_runner, run_model
     from MedImgAILib.models import get_card
 
-    import monai.inferers  # noqa: F401  (imports before the clock, in every variant)
-    import scipy.ndimage  # noqa: F401
-    import SimpleITK  # noqa: F401
+    import importlib
+
+    for mod in ("monai.inferers", "scipy.ndimage", "SimpleITK"):  # imports before the clock, in every variant
+        importlib.import_module(mod)
 
     volume, _, _ = _load(data)
     card = get_card("ct-lung-nodule")
