@@ -101,7 +101,8 @@ def resample(array: np.ndarray, src: Grid, dst: Grid, *, interpolation: str = "l
     """Resample ``array`` (on ``src``) onto ``dst``. ``interpolation``: "linear" (images,
     probabilities) or "nearest" (label maps). Points of ``dst`` outside ``src`` get ``default``."""
     if same_grid(src, dst):
-        return np.asarray(array, dtype=dtype)
+        # a copy: callers normalize the result in place, and the source volume must stay untouched
+        return np.array(array, dtype=dtype)
     if array.dtype not in (np.float32, np.float64, np.uint8, np.int16, np.uint16, np.int32):
         array = array.astype(np.float32)
     img = _sitk_image(np.ascontiguousarray(array), src.affine)

@@ -9,10 +9,11 @@ that grid.
   pipeline that owns preprocessing and postprocessing;
 - ``external``: a command (nnU-Net / TotalSegmentator style), NIfTI in and NIfTI out.
 
-The three network kinds share one pipeline (:class:`NetworkRunner`): optional CT crop -> resample onto
-the card's axis-aligned grid -> normalize -> MONAI sliding-window inference (AMP on GPU, optional bf16
-on CPU) -> activation -> probabilities resampled linearly back to the source grid -> threshold/argmax
--> small components removed.
+The three network kinds share one pipeline (:class:`NetworkRunner`): optional CT crop box -> the
+card's axis-aligned grid over the whole series -> MONAI sliding-window inference with MONAI's windows
+over that whole grid, skipping those that miss the crop box (so the crop never changes the answer
+inside it), AMP on GPU, optional bf16 on CPU -> activation -> probabilities resampled linearly back to
+the source grid around each group of foreground -> threshold/argmax -> the card's component rules.
 """
 
 from __future__ import annotations
@@ -207,15 +208,98 @@ def preprocess(volume: Volume, card: ModelCard, crop_mode: str) -> tuple[np.ndar
     return arr, grid, box
 
 
+@dataclass
+class TiledInput:
+    """The input of a tiled run laid on the *uncropped* model grid.
+
+    The windows are the ones MONAI's ``sliding_window_inference`` places over the whole model grid;
+    the crop only decides which of them run (``keep_box``: the crop box on the model grid; a window
+    that does not intersect it is skipped). Every voxel inside ``keep_box`` is then covered by exactly
+    the windows, with exactly the inputs, that a plain run over the whole grid gives it, so the crop
+    changes the work and never the answer there. (A crop *grid* moves the window positions, and this
+    network's output depends on where a window's borders fall: measured in docs/inference.md.)"""
+
+    array: np.ndarray  # [k, j, i] float32 on ``grid``; outside the kept windows: background
+    grid: geo.Grid  # the whole model grid
+    keep_box: Optional[geo.Box]  # model-grid indices; None = no crop, every window runs
+    windows: int  # windows over the whole grid
+    kept_windows: int
+    source_box: Optional[geo.Box]  # the crop box in source indices
+
+
+def window_slices(shape_kji: tuple[int, ...], roi: tuple[int, ...], overlap: float) -> list[tuple[slice, ...]]:
+    """The windows ``monai.inferers.sliding_window_inference`` places over an image of ``shape_kji``
+    (at least ``roi`` in every dimension), in its order."""
+    from monai.data.utils import dense_patch_slices
+
+    interval = tuple(int(r) if s == r else max(int(r * (1 - overlap)), 1) for s, r in zip(shape_kji, roi))
+    return list(dense_patch_slices(tuple(shape_kji), tuple(roi), interval))
+
+
+def _intersects(win: tuple[slice, ...], box: geo.Box) -> bool:
+    return all(w.start < b and w.stop > a for w, a, b in zip(win, box.lo, box.hi))
+
+
+def _source_box_on_grid(volume: Volume, box: geo.Box, grid: geo.Grid) -> geo.Box:
+    """The source index box ``box`` as a box of ``grid`` indices that contains it (any orientation)."""
+    corners = np.array([[i, j, k] for k in (box.lo[0], box.hi[0] - 1) for j in (box.lo[1], box.hi[1] - 1)
+                        for i in (box.lo[2], box.hi[2] - 1)], dtype=np.float64)
+    lps = corners @ volume.affine[:3, :3].T + volume.affine[:3, 3]
+    kji = np.linalg.solve(grid.affine[:3, :3], (lps - grid.affine[:3, 3]).T).T[:, ::-1]
+    lo = np.maximum(np.floor(kji.min(axis=0) + 1e-6).astype(int), 0)
+    hi = np.minimum(np.ceil(kji.max(axis=0) - 1e-6).astype(int) + 1, np.asarray(grid.shape_kji))
+    return geo.Box(tuple(int(x) for x in lo), tuple(int(x) for x in hi))  # type: ignore[arg-type]
+
+
+def preprocess_tiled(volume: Volume, card: ModelCard, crop_mode: str, roi: tuple[int, ...], overlap: float) -> TiledInput:
+    """Resample + normalize onto the whole model grid, but only where a kept window reads."""
+    full = geo.model_grid(geo.Grid.of(volume), card.input.orientation, card.input.target_spacing_mm)
+    box = None
+    if crop_mode != "none" and (volume.modality or card.modality).upper() == "CT":
+        c = card.crop
+        box = geo.ct_crop_box(volume, crop_mode, margin_mm=c.margin_mm, body_threshold_hu=c.body_threshold_hu,
+                              lung_threshold_hu=c.lung_threshold_hu)
+    if box is None or any(s < r for s, r in zip(full.shape_kji, roi)):
+        # no crop, or a grid smaller than a window (MONAI pads it): the plain whole-grid input
+        arr, _, _ = preprocess(volume, card, "none")
+        n = len(window_slices(tuple(max(s, r) for s, r in zip(full.shape_kji, roi)), roi, overlap))
+        return TiledInput(arr, full, None, n, n, None)
+    keep = _source_box_on_grid(volume, box, full)
+    wins = window_slices(full.shape_kji, roi, overlap)
+    kept = [w for w in wins if _intersects(w, keep)]
+    # the input only has to exist where a kept window reads: the bounding box of the kept windows
+    lo = np.min([[w.start for w in win] for win in kept], axis=0)
+    hi = np.max([[w.stop for w in win] for win in kept], axis=0)
+    sub_aff = full.affine.copy()
+    sub_aff[:3, 3] = full.affine[:3, :3] @ lo[::-1] + full.affine[:3, 3]
+    sub = geo.Grid(tuple(int(x) for x in hi - lo), sub_aff)  # type: ignore[arg-type]
+    # read only the source voxels around that region (+2 voxels, so that linear interpolation at its
+    # edge uses the same neighbours as a whole-series resample)
+    src_box = _source_box_on_grid(Volume(array=np.empty(sub.shape_kji, np.uint8), affine=sub.affine),
+                                  geo.Box((0, 0, 0), sub.shape_kji), geo.Grid.of(volume))  # type: ignore[arg-type]
+    src_box = geo.Box(tuple(max(a - 2, 0) for a in src_box.lo),  # type: ignore[arg-type]
+                      tuple(min(b + 2, n) for b, n in zip(src_box.hi, volume.array.shape)))
+    src = geo.crop_volume(volume, src_box)
+    intensity = card.input.intensity
+    bg = _background_value(card)
+    part = geo.resample(np.asarray(src.array, dtype=np.float32), geo.Grid.of(src), sub, interpolation="linear", default=bg)
+    bg_norm = float(geo.normalize(np.array([bg], np.float32), intensity.mode, intensity.lower, intensity.upper)[0])
+    arr = np.full(full.shape_kji, bg_norm, dtype=np.float32)
+    arr[tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))] = geo.normalize(part, intensity.mode, intensity.lower, intensity.upper)
+    return TiledInput(arr, full, keep, len(wins), len(kept), box)
+
+
 def _background_value(card: ModelCard) -> float:
     """What lies outside the scanned field: air for CT windows, 0 otherwise."""
     it = card.input.intensity
     return float(it.lower) if it.mode == "window" and it.lower is not None else 0.0
 
 
-def sliding_window_predict(net: torch.nn.Module, arr: np.ndarray, card: ModelCard, ctx: RunContext) -> np.ndarray:
+def sliding_window_predict(net: torch.nn.Module, arr: np.ndarray, card: ModelCard, ctx: RunContext,
+                           keep_box: Optional[geo.Box] = None, allow_single: bool = True) -> np.ndarray:
     """Sliding-window inference on one preprocessed array; returns probabilities [C, k, j, i] float32
-    (softmax/sigmoid applied per the card)."""
+    (softmax/sigmoid applied per the card). With ``keep_box`` only the windows intersecting it run and
+    everything outside it is background."""
 
     opts = ctx.options
     sw = _sliding_window_spec(card, opts)
@@ -231,7 +315,7 @@ def sliding_window_predict(net: torch.nn.Module, arr: np.ndarray, card: ModelCar
 
     attempts: list[tuple[torch.device, int, tuple[int, ...], bool]] = []
     limit = sw.single_window_max_voxels if opts.single_window_max_voxels is None else opts.single_window_max_voxels
-    if limit and opts.roi_size is None:
+    if allow_single and limit and opts.roi_size is None:
         m = sw.size_multiple
         single = tuple(int(math.ceil(s / m) * m) for s in arr.shape)
         if int(np.prod(single)) <= limit:
@@ -250,7 +334,7 @@ def sliding_window_predict(net: torch.nn.Module, arr: np.ndarray, card: ModelCar
     last_exc: Optional[BaseException] = None
     for dev, batch, roi, agg_on_dev in attempts:
         try:
-            return _run_windows(net, arr, card, ctx, dev, batch, roi, sw.overlap, sw.mode, agg_on_dev)
+            return _run_windows(net, arr, card, ctx, dev, batch, roi, sw.overlap, sw.mode, agg_on_dev, keep_box, out_ch)
         except torch.cuda.OutOfMemoryError as exc:  # only raised on CUDA
             last_exc = exc
             torch.cuda.empty_cache()
@@ -261,7 +345,8 @@ def sliding_window_predict(net: torch.nn.Module, arr: np.ndarray, card: ModelCar
 
 
 def _run_windows(net_src: torch.nn.Module, arr: np.ndarray, card: ModelCard, ctx: RunContext, device: torch.device,
-                 batch: int, roi: tuple[int, ...], overlap: float, mode: str, aggregate_on_device: bool) -> np.ndarray:
+                 batch: int, roi: tuple[int, ...], overlap: float, mode: str, aggregate_on_device: bool,
+                 keep_box: Optional[geo.Box] = None, out_ch: int = 1) -> np.ndarray:
     from monai.inferers import sliding_window_inference
 
     opts = ctx.options
@@ -270,16 +355,35 @@ def _run_windows(net_src: torch.nn.Module, arr: np.ndarray, card: ModelCard, ctx
     net = runner.network(device, channels_last=channels_last) if runner is not None else net_src.to(device)
     ctx.info.update(device=str(device), roi_size_ijk=list(reversed(roi)), sw_batch_size=batch, overlap=overlap)
 
-    total = max(1, math.ceil(_window_count(arr.shape, roi, overlap) / batch))
+    n_windows = _window_count(arr.shape, roi, overlap)
+    if keep_box is not None and all(s >= r for s, r in zip(arr.shape, roi)):
+        kept = [_intersects(w, keep_box) for w in window_slices(arr.shape, roi, overlap)]
+        n_run = sum(kept)
+        total = sum(any(kept[b:b + batch]) for b in range(0, len(kept), batch))  # MONAI's batches
+    else:
+        keep_box = None  # MONAI pads a grid smaller than the window: its coordinates are not ours
+        n_run = n_windows
+        total = max(1, math.ceil(n_windows / batch))
+    ctx.info.update(windows=n_windows, windows_run=n_run)
     done = [0]
 
-    def predictor(x: torch.Tensor) -> torch.Tensor:
+    def predictor(x: torch.Tensor, coords: list[list[slice]]) -> torch.Tensor:
         ctx.check_cancelled()
+        run = [i for i, c in enumerate(coords) if keep_box is None or _intersects(tuple(c[2:]), keep_box)]
+        if not run:
+            # a window wholly outside the crop: its output only reaches voxels outside the crop box,
+            # which are background anyway (set after blending)
+            return torch.zeros((x.shape[0], out_ch, *x.shape[2:]), dtype=x.dtype, device=x.device)
+        xs = x if len(run) == x.shape[0] else x[run]
         if channels_last:
-            x = x.contiguous(memory_format=torch.channels_last_3d)
-        y = net(x)
+            xs = xs.contiguous(memory_format=torch.channels_last_3d)
+        y = net(xs)
+        if len(run) != x.shape[0]:
+            full = torch.zeros((x.shape[0], *y.shape[1:]), dtype=y.dtype, device=y.device)
+            full[run] = y
+            y = full
         done[0] += 1
-        ctx.report("infer", done[0] / total, f"window batch {done[0]}/{total}")
+        ctx.report("infer", min(1.0, done[0] / max(1, total)), f"window batch {done[0]}/{total}")
         return y
 
     amp = card.runner.amp if opts.amp is None else opts.amp
@@ -301,7 +405,7 @@ def _run_windows(net_src: torch.nn.Module, arr: np.ndarray, card: ModelCard, ctx
     with torch.inference_mode(), autocast:
         logits = sliding_window_inference(
             x.to(agg_device), roi_size=roi, sw_batch_size=batch, predictor=predictor, overlap=overlap, mode=mode,
-            sw_device=device, device=agg_device,
+            sw_device=device, device=agg_device, with_coord=True,
         )
     logits = logits.float()
     act = card.postprocessing_spec.activation
@@ -311,7 +415,15 @@ def _run_windows(net_src: torch.nn.Module, arr: np.ndarray, card: ModelCard, ctx
         probs = torch.sigmoid(logits)
     else:
         probs = logits
-    return probs[0].cpu().numpy()
+    out = probs[0].cpu().numpy()
+    if keep_box is not None:
+        # outside the crop box is background (and there blending mixed in skipped windows)
+        inside = np.zeros(out.shape[1:], dtype=bool)
+        inside[keep_box.slices] = True
+        out[:, ~inside] = 0.0
+        if act == "softmax":
+            out[0, ~inside] = 1.0
+    return out
 
 
 def probabilities_to_labels(probs_src: np.ndarray, card: ModelCard) -> np.ndarray:
@@ -381,17 +493,34 @@ def standard_pipeline(volume: Volume, runner: NetworkRunner, ctx: RunContext) ->
     ctx.info["_runner"] = runner
     ctx.check_cancelled()
     crop_mode = ctx.options.crop or card.crop.mode
+    opts = ctx.options
+    sw = _sliding_window_spec(card, opts)
+    limit = sw.single_window_max_voxels if opts.single_window_max_voxels is None else opts.single_window_max_voxels
     ctx.report("preprocess", 0.0, "resampling to the model grid")
+    keep_box = None
+    single = False
     with ctx.timed("preprocess"):
-        arr, grid, box = preprocess(volume, card, crop_mode)
-    ctx.info.update(model_grid_shape_kji=list(grid.shape_kji), model_spacing_mm=[float(x) for x in np.linalg.norm(grid.affine[:3, :3], axis=0)],
-                    crop_box_kji=None if box is None else [list(box.lo), list(box.hi)])
+        if limit and opts.roi_size is None:
+            # one window over the cropped grid, when it is small enough (a card's choice: it gives the
+            # network other window borders than tiling does, so other results for a border-sensitive one)
+            arr, grid, box = preprocess(volume, card, crop_mode)
+            m = sw.size_multiple
+            single = int(np.prod([math.ceil(x / m) * m for x in arr.shape])) <= limit
+        if not single:
+            roi = tuple(int(x) for x in reversed(sw.roi_size))
+            ti = preprocess_tiled(volume, card, crop_mode, roi, sw.overlap)
+            arr, grid, keep_box, box = ti.array, ti.grid, ti.keep_box, None
+            ctx.info.update(crop_box_model_kji=None if keep_box is None else [list(keep_box.lo), list(keep_box.hi)],
+                            crop_box_kji=None if ti.source_box is None else [list(ti.source_box.lo), list(ti.source_box.hi)])
+        else:
+            ctx.info.update(crop_box_kji=None if box is None else [list(box.lo), list(box.hi)])
+    ctx.info.update(model_grid_shape_kji=list(grid.shape_kji), model_spacing_mm=[float(x) for x in np.linalg.norm(grid.affine[:3, :3], axis=0)])
     ctx.report("preprocess", 1.0, f"model grid {grid.shape_kji}")
     ctx.check_cancelled()
     with ctx.timed("load_network"):
         net = runner.network(ctx.device)
     with ctx.timed("infer"):
-        probs = sliding_window_predict(net, arr, card, ctx)
+        probs = sliding_window_predict(net, arr, card, ctx, keep_box=keep_box, allow_single=single)
     ctx.info.pop("_runner", None)
     del arr
     ctx.check_cancelled()
@@ -405,52 +534,79 @@ def standard_pipeline(volume: Volume, runner: NetworkRunner, ctx: RunContext) ->
 def _back_to_source(probs: np.ndarray, grid: geo.Grid, volume: Volume, box: Optional[geo.Box], card: ModelCard,
                     want_probabilities: bool) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """Probabilities on the model grid -> label map (and foreground probability) on the full source
-    grid. Only the region where any foreground probability is non-negligible is resampled: elsewhere
-    the answer is background, and resampling a 512x512x300 grid for nothing costs seconds."""
+    grid. Only the neighbourhoods of model voxels with a non-negligible foreground probability (> 0.02)
+    are resampled, one small box per group of them: elsewhere the answer is background (probability
+    reported as 0), and resampling a 512x512x300 grid, or the box around scattered specks over both
+    lungs, for nothing costs seconds."""
+    from scipy import ndimage
+
     target = volume if box is None else geo.crop_volume(volume, box)
     tgrid = geo.Grid.of(target)
-    fg_model = (1.0 - probs[0]) if card.postprocessing_spec.activation == "softmax" else probs.max(axis=0)
+    softmax = card.postprocessing_spec.activation == "softmax"
+    fg_model = (1.0 - probs[0]) if softmax else probs.max(axis=0)
     labels_full = np.zeros(volume.array.shape, dtype=np.uint8)
     fg_full = np.zeros(volume.array.shape, dtype=np.float32) if want_probabilities else None
-    region = np.argwhere(fg_model > 0.02)
-    if region.size:
-        lo = np.maximum(region.min(axis=0) - 2, 0)
-        hi = np.minimum(region.max(axis=0) + 3, np.asarray(grid.shape_kji))
+    mask = fg_model > 0.02
+    if not mask.any():
+        return labels_full, fg_full
+    # one box per group of nearby voxels: each component's bounding box grown by 2 voxels (a source
+    # voxel interpolates from model voxels at most 1 away), overlapping boxes merged until none
+    # overlap, so no box holds another's voxels and a source-grid component never spans two boxes
+    comp, _ = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    shape = np.asarray(grid.shape_kji)
+    boxes = [(np.maximum(np.array([x.start for x in o]) - 2, 0), np.minimum(np.array([x.stop for x in o]) + 2, shape))
+             for o in ndimage.find_objects(comp) if o is not None]
+    del comp
+    merged = True
+    while merged:
+        merged = False
+        out: list[tuple[np.ndarray, np.ndarray]] = []
+        for blo, bhi in boxes:
+            for n, (olo, ohi) in enumerate(out):
+                if np.all(blo < ohi) and np.all(olo < bhi):
+                    out[n] = (np.minimum(blo, olo), np.maximum(bhi, ohi))
+                    merged = True
+                    break
+            else:
+                out.append((blo, bhi))
+        boxes = out
+    if len(boxes) > 100:  # thousands of specks: one box costs less than a resample call per box
+        boxes = [(np.min([b[0] for b in boxes], axis=0), np.max([b[1] for b in boxes], axis=0))]
+    inv_t = np.linalg.inv(tgrid.affine[:3, :3])
+    for lo, hi in boxes:
         # the model-grid sub-box's corners in target indices -> the target index box to fill
         corners = np.array([[a, b, c] for a in (lo[0], hi[0] - 1) for b in (lo[1], hi[1] - 1) for c in (lo[2], hi[2] - 1)], dtype=float)
         lps = corners[:, ::-1] @ grid.affine[:3, :3].T + grid.affine[:3, 3]
-        ijk = (lps - tgrid.affine[:3, 3]) @ np.linalg.inv(tgrid.affine[:3, :3]).T
-        kji = ijk[:, ::-1]
+        kji = ((lps - tgrid.affine[:3, 3]) @ inv_t.T)[:, ::-1]
         tlo = np.maximum(np.floor(kji.min(axis=0)).astype(int) - 1, 0)
         thi = np.minimum(np.ceil(kji.max(axis=0)).astype(int) + 2, np.asarray(tgrid.shape_kji))
-        if np.all(thi > tlo):
-            sub_box = geo.Box(tuple(int(x) for x in tlo), tuple(int(x) for x in thi))  # type: ignore[arg-type]
-            sub = geo.crop_volume(target, sub_box)
-            sgrid = geo.Grid.of(sub)
-            mgrid_sub_aff = grid.affine.copy()
-            mgrid_sub_aff[:3, 3] = grid.affine[:3, :3] @ lo[::-1] + grid.affine[:3, 3]
-            mgrid_sub = geo.Grid(tuple(int(x) for x in (hi - lo)), mgrid_sub_aff)  # type: ignore[arg-type]
-            sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
-            chans = [probs[c][sl] for c in range(probs.shape[0])]
-            if card.postprocessing_spec.activation == "softmax" and probs.shape[0] == 2:
-                back = np.stack([np.zeros(sgrid.shape_kji, np.float32),
-                                 geo.resample(np.ascontiguousarray(chans[1]), mgrid_sub, sgrid, default=0.0)])
-                back[0] = 1.0 - back[1]
-            else:
-                back = np.stack([geo.resample(np.ascontiguousarray(ch), mgrid_sub, sgrid,
-                                              default=1.0 if (c == 0 and card.postprocessing_spec.activation == "softmax") else 0.0)
-                                 for c, ch in enumerate(chans)])
-            lab_sub = probabilities_to_labels(back, card)
-            fg_sub = (1.0 - back[0]) if card.postprocessing_spec.activation == "softmax" else back.max(axis=0)
-            # every foreground component lies inside the sub-box (it holds all non-negligible
-            # probability), so components are analysed there, not over the whole series
-            lab_sub = remove_small_components(lab_sub, card, volume.voxel_volume_mm3, fg_sub, volume.affine[:3, :3])
-            # sub-box of the target -> full source indices
-            off = np.asarray(box.lo if box is not None else (0, 0, 0)) + tlo
-            full_sl = tuple(slice(int(a), int(a + s)) for a, s in zip(off, lab_sub.shape))
-            labels_full[full_sl] = lab_sub
-            if fg_full is not None:
-                fg_full[full_sl] = fg_sub
+        if not np.all(thi > tlo):
+            continue
+        sub = geo.crop_volume(target, geo.Box(tuple(int(x) for x in tlo), tuple(int(x) for x in thi)))  # type: ignore[arg-type]
+        sgrid = geo.Grid.of(sub)
+        mgrid_sub_aff = grid.affine.copy()
+        mgrid_sub_aff[:3, 3] = grid.affine[:3, :3] @ lo[::-1] + grid.affine[:3, 3]
+        mgrid_sub = geo.Grid(tuple(int(x) for x in (hi - lo)), mgrid_sub_aff)  # type: ignore[arg-type]
+        sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+        chans = [np.ascontiguousarray(probs[c][sl], dtype=np.float32) for c in range(probs.shape[0])]
+        if softmax and probs.shape[0] == 2:
+            back = np.stack([np.zeros(sgrid.shape_kji, np.float32), geo.resample(chans[1], mgrid_sub, sgrid, default=0.0)])
+            back[0] = 1.0 - back[1]
+        else:
+            back = np.stack([geo.resample(ch, mgrid_sub, sgrid, default=1.0 if (c == 0 and softmax) else 0.0)
+                             for c, ch in enumerate(chans)])
+        lab_sub = probabilities_to_labels(back, card)
+        fg_sub = (1.0 - back[0]) if softmax else back.max(axis=0)
+        # every foreground component of this box's voxels lies inside it, so components are analysed
+        # there, not over the whole series
+        lab_sub = remove_small_components(lab_sub, card, volume.voxel_volume_mm3, fg_sub, volume.affine[:3, :3])
+        # sub-box of the target -> full source indices; the source boxes of neighbouring model boxes
+        # may overlap at their margins (background in both, or ~0), so keep the larger value
+        off = np.asarray(box.lo if box is not None else (0, 0, 0)) + tlo
+        full_sl = tuple(slice(int(a), int(a + n)) for a, n in zip(off, lab_sub.shape))
+        np.maximum(labels_full[full_sl], lab_sub, out=labels_full[full_sl])
+        if fg_full is not None:
+            np.maximum(fg_full[full_sl], fg_sub, out=fg_full[full_sl])
     return labels_full, fg_full
 
 
