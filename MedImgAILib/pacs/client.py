@@ -725,6 +725,29 @@ def collect_files(paths: Iterable[str | Path]) -> list[Path]:
     return files
 
 
+_chunked_lock = threading.Lock()
+_chunked_users = 0
+
+
+@contextlib.contextmanager
+def _send_files_as_stored() -> Iterator[None]:
+    """pynetdicom streams a file given by path as stored (no decode, no re-encode) only under its
+    global ``STORE_SEND_CHUNKED_DATASET``; ``store`` hands it a path only over a context with the
+    file's own transfer syntax. Scoped, so that other pynetdicom users in the process (a Slicer
+    session) keep the default; concurrent sends share it."""
+    global _chunked_users
+    with _chunked_lock:
+        _chunked_users += 1
+        _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        yield
+    finally:
+        with _chunked_lock:
+            _chunked_users -= 1
+            if not _chunked_users:
+                _config.STORE_SEND_CHUNKED_DATASET = False
+
+
 def store(
     node: Node,
     settings: PacsSettings,
@@ -750,19 +773,24 @@ def store(
         result.seconds = time.perf_counter() - t0
         return result
     pairs = list(dict.fromkeys((cls, ts) for _, cls, ts in items))
+    # Per class and syntax: the file's own syntax alone, so that the file's bytes go as they are
+    # (re-encoding a SEG/SR's nested sequences through pydicom cost ~0.2 s per object), and the
+    # uncompressed pair as a fallback for a peer that does not take that syntax. Only the classes
+    # being sent: each extra context is negotiation time on every send.
     contexts = []
     for cls, ts in pairs:
-        tss = list(dict.fromkeys([ts, ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
-        contexts.append(build_context(cls, tss))
-    for cls in DEFAULT_STORAGE_CLASSES:
-        if cls not in {c for c, _ in pairs}:
-            contexts.append(build_context(cls, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
-    if len({c for c, _ in pairs}) > MAX_CONTEXTS:
-        raise PacsOperationError(f"{len(pairs)} SOP classes in one send: more than one association can carry")
-    with associate(node, settings, contexts[:MAX_CONTEXTS]) as assoc:
-        for i, (f, _cls, _ts) in enumerate(items, 1):
+        contexts.append(build_context(cls, [ts]))
+        fallback = [t for t in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) if t != ts]
+        contexts.append(build_context(cls, fallback))
+    if len(contexts) > MAX_CONTEXTS:
+        raise PacsOperationError(f"{len(pairs)} SOP class / transfer syntax pairs in one send: "
+                                 f"more than one association can carry ({MAX_CONTEXTS // 2})")
+    with associate(node, settings, contexts) as assoc, _send_files_as_stored():
+        as_stored = {(str(c.abstract_syntax), str(c.transfer_syntax[0])) for c in assoc.accepted_contexts}
+        for i, (f, cls, ts) in enumerate(items, 1):
             try:
-                status = assoc.send_c_store(f)
+                # a path is streamed from the file (exact context); a dataset is re-encoded
+                status = assoc.send_c_store(f if (cls, ts) in as_stored else pydicom.dcmread(f))
             except ValueError as exc:  # no accepted context for this class/syntax
                 result.failed += 1
                 result.errors.append(f"{f.name}: {exc}")

@@ -118,6 +118,60 @@ def test_bounded_concurrent_associations(tmp_path):
         assert client.echo(node, s) > 0  # the slot is free again
 
 
+def _dataset_bytes(path: Path) -> bytes:
+    from pydicom.filereader import read_preamble, _read_file_meta_info  # noqa: PLC2701
+
+    with open(path, "rb") as fp:
+        read_preamble(fp, False)
+        _read_file_meta_info(fp)
+        return fp.read()
+
+
+def test_store_sends_each_file_as_stored(study, tmp_path):
+    with Listener(_listener(tmp_path)) as lst:
+        s = PacsSettings()
+        res = client.store(s.node(f"LISTENER@127.0.0.1:{lst.port}"), s, study["files"])
+    assert (res.sent, res.failed) == (len(study["files"]), 0)
+    stored = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: p for p in (tmp_path / "store").rglob("*.dcm")}
+    for f in study["files"]:  # CT, SEG, SR, Enhanced SR: the dataset bytes arrive untouched
+        src = pydicom.dcmread(f, stop_before_pixels=True)
+        assert _dataset_bytes(stored[src.SOPInstanceUID]) == _dataset_bytes(f), f.name
+
+
+def test_store_converts_for_a_peer_that_refuses_the_files_syntax(study):
+    """A peer that takes only Implicit VR: the Explicit VR files are re-encoded for it, not refused."""
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import CTImageStorage
+
+    received = []
+
+    def on_store(event):
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        received.append((str(event.context.transfer_syntax), ds))
+        return 0x0000
+
+    ae = AE(ae_title="IMPLICITONLY")
+    ae.add_supported_context(CTImageStorage, [ImplicitVRLittleEndian])
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    try:
+        port = server.server_address[1]
+        cts = [f for f in study["files"] if pydicom.dcmread(f, stop_before_pixels=True).SOPClassUID == CTImageStorage
+               and pydicom.dcmread(f, stop_before_pixels=True).file_meta.TransferSyntaxUID == ExplicitVRLittleEndian]
+        assert cts, "the study fixture should hold Explicit VR CT files"
+        s = PacsSettings()
+        res = client.store(s.node(f"IMPLICITONLY@127.0.0.1:{port}"), s, cts)
+    finally:
+        server.shutdown()
+    assert (res.sent, res.failed) == (len(cts), 0)
+    assert {ts for ts, _ in received} == {ImplicitVRLittleEndian}
+    by_uid = {ds.SOPInstanceUID: ds for _, ds in received}
+    for f in cts:
+        src = pydicom.dcmread(f)
+        assert (by_uid[src.SOPInstanceUID].pixel_array == src.pixel_array).all()
+
+
 def test_disk_nearly_full_refuses_with_out_of_resources(study, tmp_path):
     with Listener(_listener(tmp_path, min_free_mb=10**12)) as lst:  # "nearly full": less than 1 EB free
         s = PacsSettings()
