@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 import tempfile
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO, Iterable, Iterator
+
+#: set inside :func:`deferred_durability`: atomic outputs skip their own fsync
+_deferred: ContextVar[bool] = ContextVar("medimgai_deferred_durability", default=False)
 
 
 @contextmanager
@@ -20,8 +24,58 @@ def atomic_output(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
-            os.fsync(fh.fileno())
+            if not _deferred.get():
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def deferred_durability() -> Iterator[None]:
+    """Inside this block :func:`atomic_output` still renames complete files into place but leaves
+    the flush to the caller, who must make the folder durable with :func:`flush_filesystem` before
+    anything in it is presented as final. Only for a scratch folder that is promoted afterwards (the
+    pipeline's work folder): one flush for all its files instead of one per file, and the flush can
+    wait until after the results have been sent."""
+    token = _deferred.set(True)
+    try:
+        yield
+    finally:
+        _deferred.reset(token)
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def flush_filesystem(root: str | os.PathLike[str], paths: Iterable[str | os.PathLike[str]] = ()) -> None:
+    """Make everything written under ``root`` durable with one call: ``syncfs(2)`` on its filesystem
+    (Linux), else an fsync of each of ``paths`` and of their folders."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            if libc.syncfs(fd) == 0:
+                return
+        finally:
+            os.close(fd)
+    except (OSError, AttributeError):
+        pass
+    dirs = set()
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        dirs.add(Path(p).parent)
+    for d in dirs:
+        fsync_dir(d)

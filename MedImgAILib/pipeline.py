@@ -217,6 +217,7 @@ def analyze(
     t_start = time.perf_counter()
     try:
         result = _analyze(str(source), opts, run)
+        _flush_work(run)
         result.timings_s = {k: round(v, 4) for k, v in run.timings.items()}
         result.timings_s["total"] = round(time.perf_counter() - t_start, 4)
         _promote(run, result)
@@ -241,8 +242,20 @@ def _write_error(out: Path, stage: str, exc: BaseException) -> None:
         json.dump(record, fh, indent=2)
 
 
+def _flush_work(run: _Run) -> None:
+    """One flush makes every output in the work folder durable (the DICOM objects were written
+    without their own fsync, the NIfTI maps by nibabel). Timed as the "promote" stage."""
+    from .fileio import flush_filesystem
+
+    t0 = time.perf_counter()
+    flush_filesystem(run.work, [p for p in run.work.rglob("*") if p.is_file()])
+    run.timings["promote"] = time.perf_counter() - t0
+
+
 def _promote(run: _Run, result: AnalysisResult) -> None:
-    """Move the finished outputs from the work folder into the output folder, findings.json last."""
+    """Move the finished (and flushed: :func:`_flush_work`) outputs from the work folder into the
+    output folder, findings.json last: a crash leaves the old result or the complete new one, never
+    files that are named but not on disk."""
     out, work = run.out, run.work
     for name in ("findings.json",):
         (out / name).unlink(missing_ok=True)
@@ -263,6 +276,9 @@ def _promote(run: _Run, result: AnalysisResult) -> None:
     o.key_images = sorted(str(p) for p in (out / "key_images").glob("*.dcm")) if "key_images" in moved else []
     o.label_map = str(out / "labels.nii.gz") if "labels.nii.gz" in moved else None
     o.instance_map = str(out / "instances.nii.gz") if "instances.nii.gz" in moved else None
+    from .fileio import fsync_dir
+
+    fsync_dir(out)  # the renames above
     result.write(out / "findings.json")
 
 
@@ -350,19 +366,32 @@ def _analyze(source: str, opts: AnalysisOptions, run: _Run) -> AnalysisResult:
         maps_job = _Background("nifti-maps", lambda: _write_maps(run.work, volume, labels_arr, instance_map),
                                start=opts.overlap)
         try:
-            _export(run.work, card, volume, instance_map, result, headers_job.result() if files else files, opts)
+            # the work folder is made durable once, at promotion (after the send), not file by file
+            from .fileio import deferred_durability
+
+            with deferred_durability():
+                _export(run.work, card, volume, instance_map, result, headers_job.result() if files else files, opts)
         except BaseException:
             maps_job.join()  # the export's error is the one to report; the work folder goes afterwards
             raise
-        maps_job.result()
         if opts.overlap:  # what ran on threads (its own duration) and how long the stage waited for it
             run.timings["export.source_headers_background"] = headers_job.run_s
             run.timings["export.source_headers_wait"] = headers_job.wait_s
-            run.timings["export.nifti_background"] = maps_job.run_s
-            run.timings["export.nifti_wait"] = maps_job.wait_s
-    if opts.send_to:
-        with run.step("send", 0.95, f"sending SEG/SR to {opts.send_to}"):
-            _send(run.work, opts, result)
+    # The NIfTI maps are for review and research, not for the PACS: their thread goes on writing while
+    # the DICOM objects are sent, and is waited for before anything is promoted (its wait counts as
+    # export time: the critical path).
+    try:
+        if opts.send_to:
+            with run.step("send", 0.95, f"sending SEG/SR to {opts.send_to}"):
+                _send(run.work, opts, result)
+    except BaseException:
+        maps_job.join()
+        raise
+    with run.step("export", 0.97, "writing the label maps"):
+        maps_job.result()
+    if opts.overlap:
+        run.timings["export.nifti_background"] = maps_job.run_s
+        run.timings["export.nifti_wait"] = maps_job.wait_s
     if opts.store is not None:
         with run.step("track", 0.98, "recording the result"):
             opts.store.record_result(

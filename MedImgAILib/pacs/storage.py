@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
+from ..fileio import flush_filesystem, fsync_dir  # noqa: F401 - the pacs modules take them from here
 from .errors import UnsafeUidError
 
 if TYPE_CHECKING:  # pydicom is imported where it is used: `pacs get` never needs it (start-up time)
@@ -46,14 +47,6 @@ def validate_uid(value: object, keyword: str) -> str:
         shown = text[:80].encode("unicode_escape").decode("ascii")
         raise UnsafeUidError(f"{keyword} {shown!r} is not a valid DICOM UID; instance refused")
     return text
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Writeback:
@@ -104,35 +97,6 @@ class Writeback:
             self._queue.put(batch)
         self._queue.put(None)
         self._thread.join()
-
-
-def flush_filesystem(root: Path, paths: Iterable[Path] = ()) -> None:
-    """Make everything written under ``root`` durable with one call: ``syncfs(2)`` on its filesystem
-    (Linux), else an fsync of each path and its directory. Retrieval writes instances without a
-    per-file fsync (two flushes per instance cost ~14 ms here) and calls this once before it reports
-    the study complete."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            if libc.syncfs(fd) == 0:
-                return
-        finally:
-            os.close(fd)
-    except (OSError, AttributeError):
-        pass
-    dirs = set()
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        dirs.add(Path(p).parent)
-    for d in dirs:
-        fsync_dir(d)
 
 
 def header_of(encoded: bytes) -> Dataset:

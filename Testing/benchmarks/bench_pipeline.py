@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-STAGES = ("load", "protocol", "inference", "findings", "rules", "export", "send")
+STAGES = ("load", "protocol", "inference", "findings", "rules", "export", "send", "promote")
 BACKGROUND = ("protocol.background", "export.source_headers_background", "export.nifti_background")
 
 
