@@ -35,7 +35,7 @@ from .errors import (
 )
 from . import retrieval
 from .settings import Node, PacsSettings
-from .storage import InstanceStore, UnsafeUidError, flush_filesystem, uids_of
+from .storage import InstanceStore, UnsafeUidError, uids_of
 
 log = logging.getLogger(__name__)
 
@@ -673,27 +673,10 @@ def retrieve(
         th.start()
     for th in threads:
         th.join()
-    result.paths = sorted(progress.paths.values())
-    if result.paths:
-        flush_filesystem(store.root, result.paths)
-    result.seconds = time.perf_counter() - t0
-    result.received = len(progress.paths)
-    if method == "move":  # the instances went to the destination; the PACS's counts are all we know
-        result.received = sum(o.completed for o in outcomes)
-    result.failed = sum(o.failed for o in outcomes) + progress.local_failures
-    result.warnings = sum(o.warnings for o in outcomes)
-    result.cancelled = any(o.cancelled for o in outcomes)
-    result.errors = [o.error for o in outcomes if o.error]
-    for o in outcomes:
-        if o.final_status not in (None, 0x0000, 0xFE00) and not o.error:
-            result.errors.append(f"{node} ended C-{method.upper()} with status 0x{o.final_status:04X}")
-    ok_status = all(o.final_status == 0x0000 for o in outcomes)
-    expected = result.expected or result.received
-    result.complete = (
-        ok_status and not result.errors and not result.cancelled and result.failed == 0
-        and result.received >= expected and expected > 0
-    )
-    return result
+    # C-MOVE: the instances went to the destination; the PACS's counts are all we know
+    moved = sum(o.completed for o in outcomes) if method == "move" else None
+    return retrieval.conclude(result, outcomes, progress.paths.values(), progress.local_failures, store.root, node,
+                              t0, method.upper(), received=moved)
 
 
 # --- C-STORE ---------------------------------------------------------------------------------------

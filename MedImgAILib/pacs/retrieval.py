@@ -341,18 +341,27 @@ def get(
         th.join()
     if progress.writeback is not None:
         progress.writeback.close()
-    result.paths = sorted(progress.paths.values())
+    return conclude(result, outcomes, progress.paths.values(), progress.local_failures, store.root, node, t0)
+
+
+def conclude(result: Any, outcomes: Sequence[Any], paths: Any, local_failures: int, store_root: Path, node: Any,
+             t0: float, operation: str = "GET", received: int | None = None) -> Any:
+    """Fill ``result`` once every association is over (both retrieval paths: this one and
+    pynetdicom's in ``client``): the files made durable first, then the counts, and ``complete`` only
+    when every association ended in success, nothing failed or was cancelled, and all that was expected
+    arrived. ``received`` overrides the count of files (C-MOVE: they went elsewhere)."""
+    result.paths = sorted(paths)
     if result.paths:
-        flush_filesystem(store.root, result.paths)
+        flush_filesystem(store_root, result.paths)
     result.seconds = time.perf_counter() - t0
-    result.received = len(progress.paths)
-    result.failed = sum(o.failed for o in outcomes) + progress.local_failures
+    result.received = len(result.paths) if received is None else received
+    result.failed = sum(o.failed for o in outcomes) + local_failures
     result.warnings = sum(o.warnings for o in outcomes)
     result.cancelled = any(o.cancelled for o in outcomes)
     result.errors = [o.error for o in outcomes if o.error]
     for o in outcomes:
         if o.final_status not in (None, 0x0000, 0xFE00) and not o.error:
-            result.errors.append(f"{node} ended C-GET with status 0x{o.final_status:04X}")
+            result.errors.append(f"{node} ended C-{operation} with status 0x{o.final_status:04X}")
     ok_status = all(o.final_status == 0x0000 for o in outcomes)
     expected = result.expected or result.received
     result.complete = (

@@ -157,10 +157,18 @@ def write_durably(
 ) -> None:
     """Write ``data`` (bytes, or a list of buffers written in order) to ``path`` via a temporary
     name + rename. With ``durable`` the data and the directory entry are fsynced before returning."""
+    write_via_temp(path, lambda fd: _write_all(fd, [data] if isinstance(data, (bytes, bytearray, memoryview)) else data),
+                   durable=durable)
+
+
+def write_via_temp(path: Path, fill: Callable[[int], None], *, durable: bool = True) -> None:
+    """``fill`` writes the file's content to the descriptor of a temporary name, which is then renamed
+    to ``path`` (removed if ``fill`` fails). With ``durable`` the data and the directory entry are
+    flushed before returning."""
     tmp = _tmp_name(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        _write_all(fd, [data] if isinstance(data, (bytes, bytearray, memoryview)) else data)
+        fill(fd)
         if durable:
             os.fdatasync(fd)  # data and size; the name is made durable by the directory fsync below
     except BaseException:
@@ -498,16 +506,8 @@ class InstanceStore:
         if isinstance(parts, tuple) and len(parts) == 2 and isinstance(parts[0], int):
             assert self.journal is not None
             offset, length = parts
-            tmp = _tmp_name(path)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                self.journal.copy_out(offset, length, fd)
-            except BaseException:
-                os.close(fd)
-                tmp.unlink(missing_ok=True)
-                raise
-            os.close(fd)
-            os.replace(tmp, path)
+            journal = self.journal
+            write_via_temp(path, lambda fd: journal.copy_out(offset, length, fd), durable=False)
         else:
             write_durably(path, parts, durable=False)
 

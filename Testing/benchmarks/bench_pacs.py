@@ -65,7 +65,7 @@ def _line(name: str, ours: list[float], ref: list[float], n: int, ours_rss: list
             "ours_runs_s": ours, "reference_runs_s": ref}
 
 
-def bench_retrieve(ns: NetNs, orthanc: Orthanc, study_uid: str, n: int, runs: int, work: Path) -> dict:
+def bench_retrieve(ns: NetNs, orthanc: Orthanc, study_uid: str, n: int, runs: int, work: Path, parallel: int = 1) -> dict:
     ours, ref, ours_rss, ref_rss, internal = [], [], [], [], []
     for i in range(runs):
         for who in (("ours", "ref") if i % 2 == 0 else ("ref", "ours")):
@@ -74,7 +74,7 @@ def bench_retrieve(ns: NetNs, orthanc: Orthanc, study_uid: str, n: int, runs: in
             out.mkdir(parents=True)
             if who == "ours":
                 dt, rss, stdout = _timed([sys.executable, "-m", "MedImgAILib", "pacs", "get", orthanc.node, study_uid,
-                                          "--out", str(out), "--json"], ns)
+                                          "--out", str(out), "--json", "--parallel", str(parallel)], ns)
                 res = json.loads(stdout)
                 assert res["received"] == n and res["complete"], res
                 ours.append(dt), ours_rss.append(rss), internal.append(res["seconds"])
@@ -207,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--slices", type=int, default=200)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--parallel", type=int, default=1, help="associations for `pacs get` (default 1)")
+    ap.add_argument("--figures", default="retrieve,ingest", help="which figures to measure (comma-separated)")
     args = ap.parse_args(argv)
     for tool in ("Orthanc", "getscu", "storescu", "storescp", "ip"):
         if shutil.which(tool) is None:
@@ -227,9 +229,12 @@ def main(argv: list[str] | None = None) -> int:
             orthanc.start()
             orthanc.upload(files)
             print(f"{args.slices} CT slices {args.size}x{args.size}, {args.runs} alternating runs each, medians")
-            figures = [bench_retrieve(ns, orthanc, study_uid, len(files), args.runs, work)]
+            figures = []
+            if "retrieve" in args.figures:
+                figures.append(bench_retrieve(ns, orthanc, study_uid, len(files), args.runs, work, args.parallel))
             orthanc.stop()
-            figures.append(bench_ingest(ns, files, args.runs, work))
+            if "ingest" in args.figures:
+                figures.append(bench_ingest(ns, files, args.runs, work))
         finally:
             orthanc.stop()
             ns.remove()
