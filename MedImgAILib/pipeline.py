@@ -9,7 +9,6 @@ leaves ``error.json`` (stage, kind, message) and no result that could be mistake
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -125,24 +124,8 @@ class AnalysisOptions:
     observer: Optional[str] = None  # a radiologist confirming; None = the device alone
     #: run the work that does not need the model output (image-quality measures, reading the source
     #: headers for export, writing the NIfTI maps) on background threads beside inference / export.
-    #: False runs every stage in turn (the reference for what overlapping saves). None (default):
-    #: on when the process may use at least ``OVERLAP_MIN_CPUS`` CPUs — on two cores the side work
-    #: takes CPU and the GIL (scipy.ndimage holds it) from inference and the total measured 0.78-1.35x
-    #: the sequential one, so it only pays with a core to spare.
-    overlap: Optional[bool] = None
-
-
-OVERLAP_MIN_CPUS = 4
-
-
-def _resolve_overlap(opts: AnalysisOptions) -> AnalysisOptions:
-    if opts.overlap is not None:
-        return opts
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        cpus = os.cpu_count() or 1
-    return dataclasses.replace(opts, overlap=cpus >= OVERLAP_MIN_CPUS)
+    #: False runs every stage in turn (the reference for what overlapping saves).
+    overlap: bool = True
 
 
 @dataclass
@@ -225,7 +208,7 @@ def analyze(
     progress: Optional[Progress] = None,
     cancel: Optional[threading.Event] = None,
 ) -> AnalysisResult:
-    opts = _resolve_overlap(options or AnalysisOptions())
+    opts = options or AnalysisOptions()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "error.json").unlink(missing_ok=True)

@@ -9,7 +9,7 @@ Two modes, run alternately in the same process after one warm-up run (the first 
 loads the network and warms highdicom; a listener is a long-lived process, so the steady state is what
 the target is about — the warm-up run is printed on its own):
 
-- ``overlap`` (``AnalysisOptions(overlap=True)``, the default from 4 CPUs up): the image-quality measures and the reading of the
+- ``overlap`` (the default of ``AnalysisOptions``): the image-quality measures and the reading of the
   source headers run on a thread beside inference, the NIfTI maps beside the DICOM export. A stage's
   figure is its time on the critical path (``protocol`` is then only the header check, the final
   decision and any wait for the image-quality thread); what ran beside is printed as "background".

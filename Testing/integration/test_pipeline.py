@@ -52,9 +52,7 @@ def _dciodvfy_errors(path: str) -> list[str]:
 @pytest.fixture(scope="module")
 def folder_result(phantom_study, tmp_path_factory):
     out = tmp_path_factory.mktemp("result")
-    # overlap explicitly: the default depends on the machine's cores, and this result is the one the
-    # sequential run is compared with below
-    result = analyze(phantom_study["dir"], out, AnalysisOptions(model_id="ct-lung-nodule", device="cpu", overlap=True))
+    result = analyze(phantom_study["dir"], out, AnalysisOptions(model_id="ct-lung-nodule", device="cpu"))
     return out, result
 
 
@@ -161,20 +159,11 @@ def test_refuse_policy_on_an_image_quality_criterion_stops_before_anything_is_wr
         (src / Path(f).name).write_bytes(Path(f).read_bytes())
     out = tmp_path / "out"
     with pytest.raises(MedImgAIError, match="lung_coverage"):
-        analyze(src, out, AnalysisOptions(model_id="ct-lung-nodule", device="cpu", overlap=True,
+        analyze(src, out, AnalysisOptions(model_id="ct-lung-nodule", device="cpu",
                                           policy=ConformancePolicy(on_nonconformant="refuse")))
     err = json.loads((out / "error.json").read_text())
     assert err["stage"] == "protocol" and "refuse" in err["message"]
     assert sorted(p.name for p in out.iterdir()) == ["error.json"]
-
-
-def test_overlap_by_default_only_with_a_core_to_spare(monkeypatch):
-    from MedImgAILib import pipeline
-
-    for cpus, expected in ((2, False), (pipeline.OVERLAP_MIN_CPUS, True)):
-        monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda _pid, n=cpus: set(range(n)))
-        assert pipeline._resolve_overlap(AnalysisOptions()).overlap is expected
-    assert pipeline._resolve_overlap(AnalysisOptions(overlap=False)).overlap is False  # asked for: kept
 
 
 def test_overlapped_and_sequential_runs_give_the_same_result(folder_result, phantom_study, tmp_path):
