@@ -171,8 +171,14 @@ def _retrieve(node_spec: str, study_uid: str, dest: Path, opts: AnalysisOptions,
     settings = opts.pacs_settings or load_settings()
     node = settings.node(node_spec)
 
+    reported = [-1]  # the last 5 % step reported: a line per instance would flood a terminal or log
+
     def on_progress(done: int, total: int) -> None:
-        if run.progress and total:
+        if not (run.progress and total):
+            return
+        step = 20 * done // total
+        if step != reported[0]:
+            reported[0] = step
             run.progress(0.02 + 0.13 * done / total, f"retrieved {done}/{total} instances from {node}")
 
     res = retrieve(node, settings, study_uid, dest, on_progress=on_progress, cancel=run.cancel)
