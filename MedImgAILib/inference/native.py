@@ -57,22 +57,22 @@ def _import_dotted(ref: str) -> Any:
     return obj
 
 
-def resolve_network(ref: str) -> Callable[..., Any]:
+def _resolve(ref: str, registry: dict[str, Callable[..., Any]], what: str) -> Callable[..., Any]:
+    """A registered name, else a dotted ``module:attr`` / ``module.attr`` import."""
     _load_builtins()
-    if ref in _NETWORKS:
-        return _NETWORKS[ref]
+    if ref in registry:
+        return registry[ref]
     if ":" in ref or "." in ref:
         return _import_dotted(ref)
-    raise ModelError(f"no native network {ref!r} is registered (known: {', '.join(sorted(_NETWORKS)) or 'none'})")
+    raise ModelError(f"no {what} {ref!r} is registered (known: {', '.join(sorted(registry)) or 'none'})")
+
+
+def resolve_network(ref: str) -> Callable[..., Any]:
+    return _resolve(ref, _NETWORKS, "native network")
 
 
 def resolve_pipeline(ref: str) -> Callable[..., Any]:
-    _load_builtins()
-    if ref in _PIPELINES:
-        return _PIPELINES[ref]
-    if ":" in ref or "." in ref:
-        return _import_dotted(ref)
-    raise ModelError(f"no pipeline {ref!r} is registered (known: {', '.join(sorted(_PIPELINES)) or 'none'})")
+    return _resolve(ref, _PIPELINES, "pipeline")
 
 
 def import_modules(names: list[str] | str | None) -> None:

@@ -431,18 +431,15 @@ def _store_encoded(
         rec = store.put(uids if uids is not None else uids_of(encoded), encoded, transfer_syntax, catalog=False)
     except UnsafeUidError as exc:
         log.warning("retrieve from %s: %s", node, exc)
-        with progress.lock:
-            progress.local_failures += 1
+        progress.failed_locally()
         return 0xC210  # cannot understand
     except OSError as exc:
         log.error("retrieve from %s: cannot write instance: %s", node, exc)
-        with progress.lock:
-            progress.local_failures += 1
+        progress.failed_locally()
         return 0xA700
     except Exception as exc:  # noqa: BLE001 - an unparseable dataset is refused, never stored
         log.warning("retrieve from %s: unreadable dataset refused (%s)", node, exc.__class__.__name__)
-        with progress.lock:
-            progress.local_failures += 1
+        progress.failed_locally()
         return 0xC210
     progress.stored(rec.sop_uid, rec.path)
     return 0x0000
@@ -461,21 +458,6 @@ def _storage_contexts(classes: Iterable[str]) -> list[Any]:
     return [build_context(uid, list(RECEIVE_TRANSFER_SYNTAXES)) for uid in uniq[: MAX_CONTEXTS - 1]]
 
 
-def _chunks(items: Sequence[Any], n: int) -> list[list[Any]]:
-    n = max(1, min(n, len(items)))
-    return [list(items[i::n]) for i in range(n)]
-
-
-@dataclass
-class _Outcome:
-    completed: int = 0
-    failed: int = 0
-    warnings: int = 0
-    final_status: int | None = None
-    error: str = ""
-    cancelled: bool = False
-
-
 def _run_get(
     node: Node,
     settings: PacsSettings,
@@ -486,9 +468,9 @@ def _run_get(
     cancel: threading.Event | None,
     method: str,
     move_destination: str,
-) -> _Outcome:
+) -> retrieval.Outcome:
     """One association: C-GET (sub-operations arrive on it) or C-MOVE (to ``move_destination``)."""
-    out = _Outcome()
+    out = retrieval.Outcome()
     if method == "get":
         model = sc.StudyRootQueryRetrieveInformationModelGet
         store_cx = _storage_contexts(classes)
@@ -645,7 +627,7 @@ def retrieve(
         # Fewer than ~16 instances per association costs more in association set-up than it saves.
         n = max(1, min(n, len(instances) // 16 or 1))
         jobs = []
-        for chunk in _chunks([r for r in instances], n):
+        for chunk in retrieval.chunks([r for r in instances], n):
             ident = Dataset()
             ident.QueryRetrieveLevel = "IMAGE"
             ident.StudyInstanceUID = study_uid
@@ -663,7 +645,7 @@ def retrieve(
             ident.SeriesInstanceUID = list(series_uids) if len(series_uids) > 1 else series_uids[0]
         jobs = [ident]
     result.associations = len(jobs)
-    outcomes: list[_Outcome] = [_Outcome() for _ in jobs]
+    outcomes: list[retrieval.Outcome] = [retrieval.Outcome() for _ in jobs]
 
     def work(i: int) -> None:
         outcomes[i] = _run_get(node, settings, jobs[i], classes, store, progress, cancel, method, move_destination or "")

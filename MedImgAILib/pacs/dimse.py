@@ -364,6 +364,27 @@ ABORT = struct.pack(">BBIxxBB", 0x07, 0, 4, 0, 0)
 
 
 # --- the association -------------------------------------------------------------------------------
+def recv_exact(sock: socket.socket, n: int, wait_readable: Callable[[], None] | None = None) -> bytearray:
+    """Exactly ``n`` bytes from ``sock``, received in place. Raises ``socket.timeout`` when the
+    socket's timeout passes and ``EOFError`` when the peer closes first; on a non-blocking socket
+    ``wait_readable`` (if given) waits for data instead of ``BlockingIOError`` being raised."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        try:
+            k = sock.recv_into(view[got:], n - got)
+        except BlockingIOError:
+            if wait_readable is None:
+                raise
+            wait_readable()
+            continue
+        if k == 0:
+            raise EOFError("connection closed by the peer")
+        got += k
+    return buf
+
+
 @dataclass
 class Context:
     id: int
@@ -395,21 +416,15 @@ class Association:
 
     # -- socket ---------------------------------------------------------------------------------
     def _read_exact(self, n: int) -> bytearray:
-        buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
-        while got < n:
-            try:
-                k = self.sock.recv_into(view[got:], n - got)
-            except socket.timeout:
-                shown = f"{self.dimse_timeout:g} s" if self.dimse_timeout is not None else "the timeout"
-                raise DimseError(f"no DIMSE response within {shown}", "timeout") from None
-            except OSError as exc:
-                raise DimseError(f"connection lost ({(exc.strerror or str(exc)).lower()})", "aborted") from None
-            if k == 0:
-                raise DimseError("connection closed by the peer", "aborted")
-            got += k
-        return buf
+        try:
+            return recv_exact(self.sock, n)
+        except socket.timeout:
+            shown = f"{self.dimse_timeout:g} s" if self.dimse_timeout is not None else "the timeout"
+            raise DimseError(f"no DIMSE response within {shown}", "timeout") from None
+        except EOFError:
+            raise DimseError("connection closed by the peer", "aborted") from None
+        except OSError as exc:
+            raise DimseError(f"connection lost ({(exc.strerror or str(exc)).lower()})", "aborted") from None
 
     def read_pdu(self) -> tuple[int, bytearray]:
         header = self._read_exact(6)

@@ -272,7 +272,8 @@ def _run_get(
     return out
 
 
-def _chunks(items: Sequence[Any], n: int) -> list[list[Any]]:
+def chunks(items: Sequence[Any], n: int) -> list[list[Any]]:
+    """``items`` dealt round-robin into at most ``n`` non-empty lists (one per association)."""
     n = max(1, min(n, len(items)))
     return [list(items[i::n]) for i in range(n)]
 
@@ -316,7 +317,7 @@ def get(
     writer = Writer(node, store, progress)
     if instances:
         n = max(1, min(n, len(instances) // MIN_PER_ASSOCIATION or 1))
-        jobs = [_image_identifier(study_uid, chunk) for chunk in _chunks(instances, n)]
+        jobs = [_image_identifier(study_uid, chunk) for chunk in chunks(instances, n)]
     else:  # the whole study (or series) in one request: the PACS counts, or lists nothing at IMAGE level
         ident = [(_LEVEL, "CS", "SERIES" if series_uids else "STUDY"), (_STUDY, "UI", study_uid)]
         if series_uids:

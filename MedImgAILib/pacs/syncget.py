@@ -36,6 +36,7 @@ from .dimse import (  # noqa: F401 - re-exported: the listener and the tests use
     parse_command,
     part10_head,
     pdata_pdu,
+    recv_exact,
     store_response,
 )
 from .dimse import uid_text as _uid
@@ -116,21 +117,12 @@ class _Wire:
             raise self._timed_out()
 
     def _read_exact(self, n: int) -> bytearray:
-        buf = bytearray(n)
-        view = memoryview(buf)
-        got = 0
-        while got < n:
-            try:
-                k = self.sock.recv_into(view[got:], n - got)
-            except socket.timeout:
-                raise self._timed_out() from None
-            except BlockingIOError:
-                self._wait_readable()
-                continue
-            if k == 0:
-                raise SyncGetError("connection closed by the peer")
-            got += k
-        return buf
+        try:
+            return recv_exact(self.sock, n, self._wait_readable)
+        except socket.timeout:
+            raise self._timed_out() from None
+        except EOFError:
+            raise SyncGetError("connection closed by the peer") from None
 
     def _next_pdu_type(self) -> int:
         """Peek at the next PDU's type without consuming it (a non-P-DATA PDU is left for pynetdicom)."""
