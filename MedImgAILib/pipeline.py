@@ -642,14 +642,16 @@ def _source_headers(files: Sequence[str], volume: Volume) -> list[Any]:
 
 
 def _write_maps(work: Path, volume: Volume, labels: np.ndarray, instance_map: np.ndarray) -> None:
-    import nibabel as nib
+    from .fileio import deferred_durability, save_nifti
 
-    nib.save(volume.with_array(labels.astype(np.uint8, copy=False)).to_nifti(), str(work / "labels.nii.gz"))
-    # the instance map's values are finding numbers: one byte while there are fewer than 256 findings
-    # (readers take the values, not the type; half the bytes to compress)
-    n_findings = int(instance_map.max(initial=0))
-    imap_type = np.uint8 if n_findings < 256 else np.uint16
-    nib.save(volume.with_array(instance_map.astype(imap_type, copy=False)).to_nifti(), str(work / "instances.nii.gz"))
+    # the work folder is flushed once at promotion (this runs on its own thread: the context is its own)
+    with deferred_durability():
+        save_nifti(volume.with_array(labels.astype(np.uint8, copy=False)).to_nifti(), work / "labels.nii.gz")
+        # the instance map's values are finding numbers: one byte while there are fewer than 256 findings
+        # (readers take the values, not the type; half the bytes to compress)
+        n_findings = int(instance_map.max(initial=0))
+        imap_type = np.uint8 if n_findings < 256 else np.uint16
+        save_nifti(volume.with_array(instance_map.astype(imap_type, copy=False)).to_nifti(), work / "instances.nii.gz")
 
 
 def _export(work: Path, card: Any, volume: Volume, instance_map: np.ndarray, result: AnalysisResult,

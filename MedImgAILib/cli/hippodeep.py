@@ -7,13 +7,11 @@ import argparse
 import csv
 import io
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from ..fileio import atomic_output
+from ..fileio import atomic_output, save_nifti
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,17 +33,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=handler)
 
 
-def _atomic_write_nifti(volume, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial.nii.gz", dir=path.parent)
-    os.close(fd)
-    try:
-        volume.to_nifti().to_filename(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_outputs(out_dir: Path, result, analysis) -> list[Path]:
     """findings.json, volumes.csv and NIfTI masks (soft hippocampus masks as the original writes them,
     the binary label map at the documented threshold, the intracranial and cerebrum masks)."""
@@ -63,7 +50,7 @@ def write_outputs(out_dir: Path, result, analysis) -> list[Path]:
     written = []
     for name, arr in masks.items():
         path = out_dir / name
-        _atomic_write_nifti(src.with_array(np.asarray(arr, dtype=np.uint8)), path)
+        save_nifti(src.with_array(np.asarray(arr, dtype=np.uint8)).to_nifti(), path)
         written.append(path)
     buf = io.StringIO()
     w = csv.writer(buf)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -95,34 +94,18 @@ class InferenceResult:
 
     def write(self, out_dir: str | os.PathLike[str], *, probabilities: bool = False) -> dict[str, Path]:
         """``labels.nii.gz`` (+ ``probabilities.nii.gz``) and ``inference.json``, each written to a
-        temporary name and renamed."""
-        import nibabel as nib
+        temporary name and renamed (inference.json last: it names the maps)."""
+        from ..fileio import atomic_output, save_nifti
 
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        paths: dict[str, Path] = {}
-
-        def _atomic(name: str, write) -> Path:
-            fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".partial" + "".join(Path(name).suffixes), dir=out)
-            os.close(fd)
-            try:
-                write(tmp)
-                os.replace(tmp, out / name)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
-            return out / name
-
-        paths["labels"] = _atomic("labels.nii.gz", lambda p: nib.save(self.labels.to_nifti(), p))
+        paths: dict[str, Path] = {"labels": save_nifti(self.labels.to_nifti(), out / "labels.nii.gz")}
         if probabilities and self.prediction.probabilities is not None:
-            paths["probabilities"] = _atomic("probabilities.nii.gz", lambda p: nib.save(self.prediction.probabilities.to_nifti(), p))
+            paths["probabilities"] = save_nifti(self.prediction.probabilities.to_nifti(), out / "probabilities.nii.gz")
         summary = self.summary()
         summary["outputs"] = {k: v.name for k, v in paths.items()}
-
-        def _write_json(p: str) -> None:
-            Path(p).write_text(json.dumps(summary, indent=2))
-
-        paths["summary"] = _atomic("inference.json", _write_json)
+        with atomic_output(out / "inference.json", "w") as fh:
+            fh.write(json.dumps(summary, indent=2))
+        paths["summary"] = out / "inference.json"
         return paths
 
 

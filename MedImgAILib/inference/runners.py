@@ -707,12 +707,15 @@ class ExternalRunner(Runner):
     def run(self, volume: Volume, ctx: RunContext) -> Prediction:
         import nibabel as nib
 
+        from ..fileio import deferred_durability, save_nifti
+
         s = self.card.runner.settings
         with tempfile.TemporaryDirectory(prefix="medimgai-ext-") as tmp:
             inp, out = Path(tmp) / "input.nii.gz", Path(tmp) / "output.nii.gz"
             ctx.report("preprocess", 0.0, "writing NIfTI input")
             with ctx.timed("preprocess"):
-                nib.save(volume.to_nifti(), str(inp))
+                with deferred_durability():  # a scratch file: no flush
+                    save_nifti(volume.to_nifti(), inp)
             fields = {"python": shlex.quote(sys.executable), "input": shlex.quote(str(inp)), "output": shlex.quote(str(out)),
                       "weights": shlex.quote(str(self.weights_path or "")), "device": ctx.device.type}
             cmd = s["command"].format(**fields)

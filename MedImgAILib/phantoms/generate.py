@@ -154,12 +154,9 @@ def write_phantom_series(spec: PhantomSpec | None, out_dir: str | Path, keep_vol
     vol = None
     lab_vol = Volume(array=labels, affine=grid.affine)
     if labels_nifti:
-        import nibabel as nib
+        from ..fileio import save_nifti
 
-        # nibabel picks the format from the suffix, so the temporary name keeps ".nii.gz"
-        tmp_named = out / ".tmp.nodule_labels.nii.gz"
-        nib.save(lab_vol.to_nifti(), str(tmp_named))
-        os.replace(tmp_named, out / "nodule_labels.nii.gz")
+        save_nifti(lab_vol.to_nifti(), out / "nodule_labels.nii.gz")
         truth["labels_file"] = "nodule_labels.nii.gz"
     if arr is not None:
         vol = Volume(array=arr, affine=grid.affine, series_instance_uid=uids.series, study_instance_uid=uids.study,
