@@ -148,10 +148,14 @@ def build_seg(
                 anatomic_regions=[hd_code(s.anatomic_region, "anatomic region")] if s.anatomic_region else None,
             )
         )
+    # highdicom works per source image it is given (an IOD lookup, a plane position and a derivation
+    # item each: most of its time on a 300-slice series); the frames can only come from slices that
+    # hold a label, so it is given those. The SEG still names every source image (below).
+    planes = _labelled_slices(seg_map, box)
     with quiet_phi_warnings():
         seg = hd.seg.Segmentation(
-            source_images=list(sources),
-            pixel_array=seg_map,
+            source_images=[sources[k] for k in planes],
+            pixel_array=seg_map[planes],
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=descriptions,
             series_instance_uid=uids.seg_series,
@@ -168,9 +172,40 @@ def build_seg(
             omit_empty_frames=True,
             workers=workers,
         )
+    if len(planes) < len(sources):
+        _reference_all_sources(seg, sources)
     if related_series:
         add_related_series(seg, seg.StudyInstanceUID, related_series)
     return seg
+
+
+def _labelled_slices(seg_map: np.ndarray, box: Optional[tuple[slice, ...]]) -> np.ndarray:
+    """Indices k of the slices with a nonzero voxel (inside the foreground box: the rest is empty)."""
+    if box is None:
+        return np.zeros(0, dtype=np.intp)
+    inside = seg_map[box].reshape(seg_map[box].shape[0], -1).any(axis=1)
+    return np.flatnonzero(inside) + (box[0].start or 0)
+
+
+def _reference_all_sources(seg: Dataset, sources: Sequence[Dataset]) -> None:
+    """Source Image Sequence and the Common Instance Reference list every image of the analysed
+    series, as when all were given to highdicom: the whole series went into the segmentation, and a
+    reader that asks the SEG for the frames of any of its slices (highdicom's
+    ``get_pixels_by_source_instance``) must find it referenced."""
+    def refs() -> list[Dataset]:
+        items = []
+        for s in sources:
+            ref = Dataset()
+            ref.ReferencedSOPClassUID = s.SOPClassUID
+            ref.ReferencedSOPInstanceUID = s.SOPInstanceUID
+            items.append(ref)
+        return items
+
+    seg.SourceImageSequence = refs()
+    series = Dataset()
+    series.SeriesInstanceUID = sources[0].SeriesInstanceUID  # source_datasets() checked: one series
+    series.ReferencedInstanceSequence = refs()
+    seg.ReferencedSeriesSequence = [series]
 
 
 def write_seg(seg: Dataset, path: str | os.PathLike[str]) -> Path:

@@ -137,6 +137,14 @@ def test_seg_and_sr_round_trip_through_highdicom(study):
         source_sop_instance_uids=img.source_sop_instance_uids, combine_segments=True, skip_overlap_checks=True
     )
     assert np.array_equal(labels, inst)
+    # frames come only from labelled slices, yet the SEG names every image of the analysed series
+    labelled = {img.source_sop_instance_uids[k] for k in np.flatnonzero(inst.reshape(len(inst), -1).any(axis=1))}
+    assert len(labelled) < len(img.source_sop_instance_uids)
+    assert {f.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID
+            for f in seg.PerFrameFunctionalGroupsSequence} == labelled
+    assert [r.ReferencedSOPInstanceUID for r in seg.SourceImageSequence] == img.source_sop_instance_uids
+    assert [r.ReferencedSOPInstanceUID for r in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence] == \
+        img.source_sop_instance_uids
     assert [seg.get_segment_description(n).tracking_uid for n in (1, 2)] == [f.tracking_uid for f in findings]
     assert seg.get_segment_numbers(tracking_uid=findings[1].tracking_uid) == [2]
 
