@@ -89,12 +89,27 @@ REQUIRED_SOURCE_TAGS = (
 )
 
 
+class CheckedSources(list):
+    """What :func:`source_datasets` returns: the datasets, checked, in the order of ``order`` (the
+    SOP Instance UIDs of the volume's slices; empty when no volume was given). Given back to
+    :func:`source_datasets` for the same volume it is returned as it is (the pipeline reads and checks
+    the headers beside inference; the export must not pay for the check twice)."""
+
+    def __init__(self, items: Iterable[Dataset], order: Sequence[str] = ()) -> None:
+        super().__init__(items)
+        self.order = tuple(order)
+
+
 def source_datasets(
     sources: Iterable[Dataset | str | os.PathLike[str]], volume: Optional[Volume] = None
-) -> list[Dataset]:
+) -> CheckedSources:
     """The source series' datasets (headers are enough), checked, in the Volume's k order.
 
     Raises ExportError naming the instance and the missing tag, or the slice that has no source."""
+    if isinstance(sources, CheckedSources) and (
+        sources.order == tuple(volume.source_sop_instance_uids) if volume is not None else True
+    ):
+        return sources
     dss = [_sanitized(_ds(s)) for s in sources]
     if not dss:
         raise ExportError("no source images given: SEG/SR/key images must reference the analysed series")
@@ -110,7 +125,7 @@ def source_datasets(
     if len(frames) > 1:
         raise ExportError(f"source series {dss[0].SeriesInstanceUID} has {len(frames)} FrameOfReferenceUIDs")
     if volume is None:
-        return dss
+        return CheckedSources(dss)
     by_uid = {d.SOPInstanceUID: d for d in dss}
     if not volume.source_sop_instance_uids:
         raise ExportError(
@@ -122,7 +137,7 @@ def source_datasets(
         if uid not in by_uid:
             raise ExportError(f"slice k={k} comes from instance {uid}, which is not among the source images given")
         ordered.append(by_uid[uid])
-    return ordered
+    return CheckedSources(ordered, volume.source_sop_instance_uids)
 
 
 def check_label_grid(labels: Volume, sources: Sequence[Dataset]) -> None:
