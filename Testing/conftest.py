@@ -63,9 +63,15 @@ def dciodvfy() -> str:
 @pytest.hookimpl(hookwrapper=True, tryfirst=True)
 def pytest_sessionfinish(session, exitstatus):  # noqa: ANN001 - pytest hook signature
     yield  # the other plugins' session end, the terminal summary included
-    if os.environ.get("MEDIMGAI_TEST_FINALIZE") != "1":
-        import sys
+    import sys
 
+    if os.environ.get("MEDIMGAI_TEST_FINALIZE") != "1":
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(int(session.exitstatus))
+    import threading
+
+    # what is still running when the interpreter starts to finalize (the crash's suspects)
+    for t in threading.enumerate():
+        if t is not threading.main_thread():
+            print(f"alive at exit: {t.name} daemon={t.daemon} {type(t).__module__}.{type(t).__qualname__}", file=sys.stderr)
