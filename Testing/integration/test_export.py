@@ -130,6 +130,32 @@ def test_sr_read_back_by_dcmqi_has_identical_values(study, tmp_path):
     assert meta["observerContext"]["DeviceObserverName"] == "ct-lung-nodule"
 
 
+def test_written_objects_are_byte_for_byte_what_pydicom_writes(study, tmp_path):
+    """write_atomic hands pydicom the UID-only reference lists pre-encoded: same bytes as pydicom's own
+    writer, and the lists read back as ordinary sequences."""
+    import copy
+    import io
+
+    from MedImgAILib.export.common import write_atomic
+
+    img, findings, inst = study["img"], study["findings"], study["inst"]
+    srcs = source_datasets(study["paths"], img)
+    uids = ExportUIDs()
+    seg = build_seg(img.with_array(inst), srcs, segments_from_findings(findings, [NODULE_SPEC]), DEVICE, uids,
+                    related_series=[uids.sr_series])
+    sr = build_sr(findings, seg, srcs, DEVICE, uids)
+    for name, ds in (("seg", seg), ("sr", sr)):
+        plain = io.BytesIO()
+        copy.deepcopy(ds).save_as(plain, enforce_file_format=True)
+        path = write_atomic(ds, tmp_path / f"{name}.dcm")
+        assert path.read_bytes() == plain.getvalue(), name
+    assert any(e.is_raw for e in seg.elements())  # the fast path was taken
+    assert [r.ReferencedSOPInstanceUID for r in seg.SourceImageSequence] == img.source_sop_instance_uids
+    back = pydicom.dcmread(tmp_path / "sr.dcm")
+    refs = back.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence
+    assert {r.ReferencedSOPInstanceUID for s in refs for r in s.ReferencedSOPSequence} >= set(img.source_sop_instance_uids)
+
+
 def test_seg_and_sr_round_trip_through_highdicom(study):
     out, findings, inst, img = study["out"], study["findings"], study["inst"], study["img"]
     seg = hd.seg.segread(out.seg)
