@@ -48,22 +48,76 @@ MIN_WINDOWS = 200
 # --------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------
-def _box(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Fraction of each in-plane (2r+1)^2 square that is set (separable, so fast at any radius)."""
-    return ndi.uniform_filter(mask.astype(np.float32), size=(1, 2 * radius + 1, 2 * radius + 1), mode="nearest")
+def _window_reduce(mask: np.ndarray, radius: int, axis: int, op: np.ufunc) -> np.ndarray:
+    """``op`` (``np.logical_or`` / ``np.logical_and``) of each pixel's centred window of half-width
+    ``radius`` along ``axis``, the window clipped at the array's ends. A forward then a backward run of
+    length ``radius + 1``, each built by doubling: about 2 log2(radius + 1) elementwise passes over the
+    boolean array (numpy, SIMD, and the GIL released), where a box filter needs float conversions."""
+    out = np.array(mask, dtype=bool)  # a copy
+    n = out.shape[axis]
+
+    def part(lo: int, hi: int) -> tuple[slice, ...]:
+        sl = [slice(None)] * out.ndim
+        sl[axis] = slice(lo, hi)
+        return tuple(sl)
+
+    for forward in (True, False):
+        w = 1  # run length covered so far
+        while w < radius + 1:
+            step = min(w, radius + 1 - w)
+            if step >= n:  # the run already spans the whole axis
+                break
+            # out[i] op= out[i + step] (forward) or out[i - step] (backward); numpy buffers the overlap,
+            # so every element combines the previous round's values
+            dst, src = (part(0, n - step), part(step, n)) if forward else (part(step, n), part(0, n - step))
+            op(out[dst], out[src], out=out[dst])
+            w += step
+    return out
 
 
 def dilate2d(mask: np.ndarray, radius: int) -> np.ndarray:
-    """In-plane dilation by a square of half-width ``radius`` (= ``radius`` iterations of a 3x3 square)."""
-    return _box(mask, radius) > 1e-4
+    """In-plane (last two axes) dilation by a square of half-width ``radius`` (= ``radius`` iterations
+    of a 3x3 square; pixels beyond the edge count as the edge pixel)."""
+    return _window_reduce(_window_reduce(mask, radius, -2, np.logical_or), radius, -1, np.logical_or)
 
 
 def erode2d(mask: np.ndarray, radius: int) -> np.ndarray:
-    return _box(mask, radius) > 1 - 1e-4
+    """In-plane erosion by a square of half-width ``radius`` (pixels beyond the edge count as the edge
+    pixel, so a mask touching the edge is not eaten from there)."""
+    return _window_reduce(_window_reduce(mask, radius, -2, np.logical_and), radius, -1, np.logical_and)
 
 
 def open2d(mask: np.ndarray) -> np.ndarray:
     return dilate2d(erode2d(mask, 1), 1)
+
+
+#: 4-connected in-plane neighbours only, as a 3D structure: labels and fills slice by slice in one call
+_INPLANE = np.zeros((3, 3, 3), dtype=bool)
+_INPLANE[1] = ndi.generate_binary_structure(2, 1)
+
+
+def fill_holes2d(mask: np.ndarray) -> np.ndarray:
+    """``ndi.binary_fill_holes`` of every slice [k] of a 3D mask, in one call: the background is labelled
+    in-plane (4-connected, as binary_fill_holes' default), and background pieces that do not reach the
+    edge of the slice are holes. Only the mask's in-plane bounding box (plus a one-pixel margin, which is
+    background in every slice and reaches the edge) is labelled. Same result as the per-slice calls,
+    about three times faster on a chest CT's coarse grid."""
+    mask = np.asarray(mask, dtype=bool)
+    rows = np.flatnonzero(mask.any(axis=(0, 2)))
+    if rows.size == 0:
+        return mask.copy()
+    cols = np.flatnonzero(mask.any(axis=(0, 1)))
+    j0, j1 = max(int(rows[0]) - 1, 0), min(int(rows[-1]) + 2, mask.shape[1])
+    i0, i1 = max(int(cols[0]) - 1, 0), min(int(cols[-1]) + 2, mask.shape[2])
+    sub = mask[:, j0:j1, i0:i1]
+    bg, n = ndi.label(~sub, structure=_INPLANE)
+    outside = np.zeros(n + 1, dtype=bool)
+    for edge in (bg[:, 0, :], bg[:, -1, :], bg[:, :, 0], bg[:, :, -1]):
+        outside[edge] = True
+    outside[0] = False  # label 0 is the mask itself
+    out = mask.copy()
+    out[:, j0:j1, i0:i1] = ~outside[bg]
+    return out
 
 
 def component_sizes(lab: np.ndarray, n: int) -> np.ndarray:
@@ -150,26 +204,56 @@ COARSE_PIXEL_MM = 2.0
 TILE_MM = 7.0
 
 
-def _blocks(a: np.ndarray, f: int) -> np.ndarray:
-    """[k, J*f, I*f] view as [k, J, f, I, f] (the remainder rows/columns are dropped)."""
-    nk, nj, ni = a.shape
-    J, I = nj // f, ni // f
-    return a[:, : J * f, : I * f].reshape(nk, J, f, I, f)
+#: slab of slices reduced at a time by ``_block_stats``: its rows stay in the CPU cache between the
+#: three reductions (about 1 MB of int16 at 512 x 512)
+_SLAB_BYTES = 1 << 20
 
 
-def _block_reduce(a: np.ndarray, f: int, op: np.ufunc, dtype: Any = None) -> np.ndarray:
-    """[k, J*f, I*f] -> [k, J, I] by ``op`` over each f x f block, as f + f elementwise passes over
-    strided slices (numpy's reduce over a short strided axis is about ten times slower)."""
+def _block_stats(a: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[k, J*f, I*f] -> block mean (float32), minimum and maximum (a's type), each [k, J, I], over every
+    f x f block (remainder rows/columns dropped), in one pass over the volume. Slab by slab: first the
+    f rows of each block are combined (contiguous rows: fast elementwise passes), then the f columns of
+    the 1/f as large result (numpy's reduce over a short strided axis is about ten times slower).
+    Integer input is summed in integers (int16 for the rows when f values cannot overflow it, int32
+    for the blocks), so the mean is exact before its one float32 division; float input is summed in
+    float32."""
     nk, nj, ni = a.shape
     J, I = nj // f, ni // f
-    a = a[:, : J * f, : I * f]
-    cols = a[:, :, 0::f].astype(dtype or a.dtype)  # a copy, 1/f of the volume, in the result's type
-    for d in range(1, f):
-        op(cols, a[:, :, d::f], out=cols)
-    out = cols[:, 0::f, :].copy()
-    for d in range(1, f):
-        op(out, cols[:, d::f, :], out=out)
-    return out
+    if f == 1:
+        return np.asarray(a, dtype=np.float32), a, a
+    integer = a.dtype.kind in "iu"
+    acc = (np.int64 if a.itemsize >= 4 else np.int32) if integer else np.float32
+    total = np.empty((nk, J, I), dtype=acc)
+    lo = np.empty((nk, J, I), dtype=a.dtype)
+    hi = np.empty((nk, J, I), dtype=a.dtype)
+    slab = max(1, _SLAB_BYTES // max(1, nj * ni * a.itemsize))
+    for k0 in range(0, nk, slab):
+        b = a[k0:k0 + slab, : J * f, : I * f]
+        r_lo, r_hi = b[:, 0::f, :].copy(), b[:, 0::f, :].copy()
+        for d in range(1, f):
+            np.minimum(r_lo, b[:, d::f, :], out=r_lo)
+            np.maximum(r_hi, b[:, d::f, :], out=r_hi)
+        if integer:
+            # f values of the slab's range fit the row type? then sum rows in it (no mixed-type loop)
+            m = max(abs(int(r_lo.min())), abs(int(r_hi.max())))
+            row_t = a.dtype if f * m <= np.iinfo(a.dtype).max else acc
+        else:
+            row_t = np.float32
+        r_sum = b[:, 0::f, :].astype(row_t)
+        for d in range(1, f):
+            np.add(r_sum, b[:, d::f, :], out=r_sum, casting="unsafe")
+        ks = slice(k0, k0 + b.shape[0])
+        t, l, h = total[ks], lo[ks], hi[ks]
+        t[...] = r_sum[:, :, 0::f]
+        l[...] = r_lo[:, :, 0::f]
+        h[...] = r_hi[:, :, 0::f]
+        for d in range(1, f):
+            np.add(t, r_sum[:, :, d::f], out=t, casting="unsafe")
+            np.minimum(l, r_lo[:, :, d::f], out=l)
+            np.maximum(h, r_hi[:, :, d::f], out=h)
+    mean = total.astype(np.float32, copy=False)
+    mean /= np.float32(f * f)
+    return mean, lo, hi
 
 
 @dataclass
@@ -182,27 +266,26 @@ class _CTGrid:
     body_filled: np.ndarray  # body outline with holes (lungs, bowel gas) filled
     body_core: np.ndarray  # body eroded by 5 mm: where soft-tissue tiles are searched
     air: np.ndarray  # valid air at least 10 mm from anything dense
+    block_max: np.ndarray  # coarse block maximum (the image's type): where metal can be
 
 
 def _ct_grid(hu: np.ndarray, spacing: tuple[float, float, float]) -> _CTGrid:
     sx, sy, _ = spacing
     f = max(1, int(round(COARSE_PIXEL_MM / max(sx, sy))))
-    coarse = _block_reduce(hu, f, np.add, dtype=np.float32) / np.float32(f * f)
-    valid = _block_reduce(hu, f, np.minimum) > PADDING_HU
-    dense = _block_reduce(hu, f, np.maximum) > -500.0
+    coarse, bmin, bmax = _block_stats(hu, f)
+    valid = bmin > PADDING_HU
+    dense = bmax > -500.0
     cmm = (sx * f, sy * f)
     lab, n = ndi.label(open2d(dense))
     if n == 0:
         body = np.zeros_like(dense)
     else:
         body = lab == (int(np.argmax(component_sizes(lab, n))) + 1)
-    filled = np.empty_like(body)
-    for k in range(body.shape[0]):
-        filled[k] = ndi.binary_fill_holes(body[k])
+    filled = fill_holes2d(body)
     core = erode2d(filled, max(1, int(math.ceil(5.0 / max(cmm)))))
     air = valid & ~dilate2d(dense | ~valid, max(1, int(math.ceil(10.0 / max(cmm)))))
     return _CTGrid(f=f, coarse_mm=cmm, hu=coarse, valid=valid, dense_any=dense, body_filled=filled,
-                   body_core=core, air=air)
+                   body_core=core, air=air, block_max=bmax)
 
 
 def _tile_stats(hu: np.ndarray, grid: _CTGrid, region: np.ndarray, ks: np.ndarray,
@@ -350,6 +433,21 @@ def _interslice_discontinuity(grid: _CTGrid) -> float | None:
     return round(float(np.nanmax(d) / med), 3) if med > 0 else None
 
 
+def _metal_voxels(hu: np.ndarray, grid: _CTGrid) -> int:
+    """Voxels above METAL_HU, counted only in the slices where a block maximum (or the few rows and
+    columns the blocks leave out) says there are any: most series have none, and then the full volume
+    is not read again."""
+    nk, J, I = grid.block_max.shape
+    f = grid.f
+    has = (grid.block_max > METAL_HU).any(axis=(1, 2))
+    if hu.shape[1] > J * f:
+        has |= (hu[:, J * f:, :] > METAL_HU).any(axis=(1, 2))
+    if hu.shape[2] > I * f:
+        has |= (hu[:, :, I * f:] > METAL_HU).any(axis=(1, 2))
+    ks = np.flatnonzero(has)
+    return int(sum(np.count_nonzero(hu[k] > METAL_HU) for k in ks))
+
+
 def measure_ct(volume: Volume, slice_positions_mm: Sequence[float] | None = None) -> dict[str, Any]:
     hu = volume.array  # HU in whatever dtype the loader chose (int16 when the rescale allows)
     notes: list[str] = []
@@ -359,7 +457,7 @@ def measure_ct(volume: Volume, slice_positions_mm: Sequence[float] | None = None
     res.update(_lung_coverage(grid, volume, notes))
     pos = slice_positions_mm if slice_positions_mm is not None else slice_positions_from_volume(volume)
     res.update(slice_spacing_regularity(pos))
-    res["metal_volume_mm3"] = round(float(np.count_nonzero(hu > METAL_HU) * volume.voxel_volume_mm3), 1)
+    res["metal_volume_mm3"] = round(float(_metal_voxels(hu, grid) * volume.voxel_volume_mm3), 1)
     res["interslice_discontinuity_max_ratio"] = _interslice_discontinuity(grid)
     res["notes"] = notes
     return res
