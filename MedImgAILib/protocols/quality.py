@@ -96,6 +96,23 @@ _INPLANE = np.zeros((3, 3, 3), dtype=bool)
 _INPLANE[1] = ndi.generate_binary_structure(2, 1)
 
 
+def bbox3d(mask: np.ndarray, margin: int = 1) -> tuple[slice, slice, slice] | None:
+    """Slices of a 3D mask's bounding box, widened in-plane by ``margin`` pixels where the array allows
+    (None for an empty mask). In-plane morphology of radius <= ``margin`` (open2d), per-slice hole
+    filling and 3D labelling give on the box what they give on the whole array: the margin is
+    background in every slice, as everything outside the box is."""
+    plane = mask.any(axis=0)
+    rows = np.flatnonzero(plane.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(plane.any(axis=0))
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    nj, ni = mask.shape[1:]
+    return (slice(int(zs[0]), int(zs[-1]) + 1),
+            slice(max(int(rows[0]) - margin, 0), min(int(rows[-1]) + 1 + margin, nj)),
+            slice(max(int(cols[0]) - margin, 0), min(int(cols[-1]) + 1 + margin, ni)))
+
+
 def fill_holes2d(mask: np.ndarray) -> np.ndarray:
     """``ndi.binary_fill_holes`` of every slice [k] of a 3D mask, in one call: the background is labelled
     in-plane (4-connected, as binary_fill_holes' default), and background pieces that do not reach the
@@ -103,20 +120,16 @@ def fill_holes2d(mask: np.ndarray) -> np.ndarray:
     background in every slice and reaches the edge) is labelled. Same result as the per-slice calls,
     about three times faster on a chest CT's coarse grid."""
     mask = np.asarray(mask, dtype=bool)
-    rows = np.flatnonzero(mask.any(axis=(0, 2)))
-    if rows.size == 0:
+    box = bbox3d(mask)
+    if box is None:
         return mask.copy()
-    cols = np.flatnonzero(mask.any(axis=(0, 1)))
-    j0, j1 = max(int(rows[0]) - 1, 0), min(int(rows[-1]) + 2, mask.shape[1])
-    i0, i1 = max(int(cols[0]) - 1, 0), min(int(cols[-1]) + 2, mask.shape[2])
-    sub = mask[:, j0:j1, i0:i1]
-    bg, n = ndi.label(~sub, structure=_INPLANE)
+    bg, n = ndi.label(~mask[box], structure=_INPLANE)
     outside = np.zeros(n + 1, dtype=bool)
     for edge in (bg[:, 0, :], bg[:, -1, :], bg[:, :, 0], bg[:, :, -1]):
         outside[edge] = True
     outside[0] = False  # label 0 is the mask itself
     out = mask.copy()
-    out[:, j0:j1, i0:i1] = ~outside[bg]
+    out[box] = ~outside[bg]
     return out
 
 
@@ -209,20 +222,34 @@ TILE_MM = 7.0
 _SLAB_BYTES = 1 << 20
 
 
-def _block_stats(a: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """[k, J*f, I*f] -> block mean (float32), minimum and maximum (a's type), each [k, J, I], over every
-    f x f block (remainder rows/columns dropped), in one pass over the volume. Slab by slab: first the
-    f rows of each block are combined (contiguous rows: fast elementwise passes), then the f columns of
-    the 1/f as large result (numpy's reduce over a short strided axis is about ten times slower).
-    Integer input is summed in integers (int16 for the rows when f values cannot overflow it, int32
-    for the blocks), so the mean is exact before its one float32 division; float input is summed in
-    float32."""
+def _reduce_blocks(a: np.ndarray, f: int, op: np.ufunc, dtype: Any = None) -> np.ndarray:
+    """[k, J*f, I*f] -> [k, J, I] by ``op`` over each f x f block (remainder rows/columns dropped): first
+    the f rows of each block (contiguous rows: fast elementwise passes), then the f columns of the 1/f
+    as large result (numpy's reduce over a short strided axis is about ten times slower)."""
     nk, nj, ni = a.shape
     J, I = nj // f, ni // f
-    if f == 1:
-        return np.asarray(a, dtype=np.float32), a, a
+    a = a[:, : J * f, : I * f]
+    rows = a[:, 0::f, :].astype(dtype or a.dtype)  # a copy, in the result's type
+    for d in range(1, f):
+        op(rows, a[:, d::f, :], out=rows, casting="unsafe")
+    out = rows[:, :, 0::f].copy()
+    for d in range(1, f):
+        op(out, rows[:, :, d::f], out=out)
+    return out
+
+
+def _block_stats(a: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[k, J*f, I*f] -> block sum, minimum and maximum (a's type), each [k, J, I], over every f x f
+    block (remainder rows/columns dropped), in one pass over the volume: ``_reduce_blocks``' order
+    (rows, then columns), slab by slab so that the slab stays in the CPU cache for the three
+    reductions. Integer input is summed exactly in integers (the rows in a's own type when f values
+    cannot overflow it, which spares a mixed-type loop), float input in float64."""
+    nk, nj, ni = a.shape
+    J, I = nj // f, ni // f
     integer = a.dtype.kind in "iu"
-    acc = (np.int64 if a.itemsize >= 4 else np.int32) if integer else np.float32
+    acc = (np.int64 if a.itemsize >= 4 else np.int32) if integer else np.float64
+    if f == 1:
+        return a, a, a
     total = np.empty((nk, J, I), dtype=acc)
     lo = np.empty((nk, J, I), dtype=a.dtype)
     hi = np.empty((nk, J, I), dtype=a.dtype)
@@ -238,7 +265,7 @@ def _block_stats(a: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray, np.ndar
             m = max(abs(int(r_lo.min())), abs(int(r_hi.max())))
             row_t = a.dtype if f * m <= np.iinfo(a.dtype).max else acc
         else:
-            row_t = np.float32
+            row_t = acc
         r_sum = b[:, 0::f, :].astype(row_t)
         for d in range(1, f):
             np.add(r_sum, b[:, d::f, :], out=r_sum, casting="unsafe")
@@ -251,9 +278,7 @@ def _block_stats(a: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray, np.ndar
             np.add(t, r_sum[:, :, d::f], out=t, casting="unsafe")
             np.minimum(l, r_lo[:, :, d::f], out=l)
             np.maximum(h, r_hi[:, :, d::f], out=h)
-    mean = total.astype(np.float32, copy=False)
-    mean /= np.float32(f * f)
-    return mean, lo, hi
+    return total, lo, hi
 
 
 @dataclass
@@ -264,53 +289,76 @@ class _CTGrid:
     valid: np.ndarray  # block wholly inside the reconstruction field of view
     dense_any: np.ndarray  # block holds anything denser than air (body, couch, clothes)
     body_filled: np.ndarray  # body outline with holes (lungs, bowel gas) filled
+    block_min: np.ndarray  # coarse block minimum and maximum (the image's type)
+    block_max: np.ndarray
+    # the slices searched for noise tiles, and on those slices only [len(noise_slices), J, I]:
+    noise_slices: np.ndarray
+    noise_block_sum: np.ndarray  # block sums (exact for integer images)
     body_core: np.ndarray  # body eroded by 5 mm: where soft-tissue tiles are searched
     air: np.ndarray  # valid air at least 10 mm from anything dense
-    block_max: np.ndarray  # coarse block maximum (the image's type): where metal can be
 
 
 def _ct_grid(hu: np.ndarray, spacing: tuple[float, float, float]) -> _CTGrid:
     sx, sy, _ = spacing
     f = max(1, int(round(COARSE_PIXEL_MM / max(sx, sy))))
-    coarse, bmin, bmax = _block_stats(hu, f)
+    total, bmin, bmax = _block_stats(hu, f)
+    # float32 block means as the sum of exact integers over f*f in float32 (or float64 sums of a float
+    # image rounded to float32 first), so an integer image's means are what a float32 sum would give
+    coarse = total.astype(np.float32)  # a copy even at f = 1, where total is the image itself
+    if f > 1:
+        coarse /= np.float32(f * f)
+    ks = _slice_subset(hu.shape[0], MAX_NOISE_SLICES)
+    noise_sum = total[ks]
+    del total
     valid = bmin > PADDING_HU
     dense = bmax > -500.0
     cmm = (sx * f, sy * f)
-    lab, n = ndi.label(open2d(dense))
-    if n == 0:
-        body = np.zeros_like(dense)
-    else:
-        body = lab == (int(np.argmax(component_sizes(lab, n))) + 1)
-    filled = fill_holes2d(body)
-    core = erode2d(filled, max(1, int(math.ceil(5.0 / max(cmm)))))
-    air = valid & ~dilate2d(dense | ~valid, max(1, int(math.ceil(10.0 / max(cmm)))))
+    # the body: the largest 3D piece of the opened dense mask, holes filled slice by slice; worked out
+    # inside the dense mask's bounding box (the couch may span the width, the air above it is skipped)
+    filled = np.zeros_like(dense)
+    box = bbox3d(dense)
+    if box is not None:
+        lab, n = ndi.label(open2d(dense[box]))
+        if n:
+            filled[box] = fill_holes2d(lab == (int(np.argmax(component_sizes(lab, n))) + 1))
+    # the noise regions are searched on the noise slices only (in-plane operations: slice by slice)
+    core = erode2d(filled[ks], max(1, int(math.ceil(5.0 / max(cmm)))))
+    vk = valid[ks]
+    air = vk & ~dilate2d(dense[ks] | ~vk, max(1, int(math.ceil(10.0 / max(cmm)))))
     return _CTGrid(f=f, coarse_mm=cmm, hu=coarse, valid=valid, dense_any=dense, body_filled=filled,
-                   body_core=core, air=air, block_max=bmax)
+                   block_min=bmin, block_max=bmax, noise_slices=ks, noise_block_sum=noise_sum,
+                   body_core=core, air=air)
 
 
-def _tile_stats(hu: np.ndarray, grid: _CTGrid, region: np.ndarray, ks: np.ndarray,
+def _tile_stats(hu: np.ndarray, grid: _CTGrid, region: np.ndarray,
                 mean_range: tuple[float, float]) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per slice: mean, SD (unbiased) and minimum of the image pixels of every non-overlapping tile that
-    lies wholly in ``region`` (coarse grid) and whose mean is in ``mean_range``."""
+    """Per noise slice: mean, SD (unbiased) and minimum of the image pixels of every non-overlapping tile
+    that lies wholly in ``region`` (coarse grid, noise slices only) and whose mean is in ``mean_range``. A tile is t x t
+    coarse blocks, so its sum and minimum come from the blocks' (exact for integer images); only the
+    selected tiles' pixels are read, for the SD (two-pass: deviations from the tile mean, squared)."""
     t = max(2, int(round(TILE_MM / max(grid.coarse_mm))))
     t = max(t, int(math.ceil(5 / grid.f)))  # at least 5 x 5 image pixels per tile
     f = grid.f
-    nk, J, I = region.shape
+    _, J, I = region.shape
     Jt, It = J // t, I // t
     if Jt == 0 or It == 0:
         return {}
     side = t * f
+    n = side * side
+    ks = grid.noise_slices
+    acc = np.int64 if grid.noise_block_sum.dtype.kind in "iu" else np.float64
+    inside = _reduce_blocks(region, t, np.logical_and)
+    means = _reduce_blocks(grid.noise_block_sum, t, np.add, dtype=acc) / n
+    sel = inside & (means >= mean_range[0]) & (means <= mean_range[1])
+    lows = _reduce_blocks(grid.block_min[ks], t, np.minimum)
     out: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    for k in ks:
-        inside = region[k, : Jt * t, : It * t].reshape(Jt, t, It, t).all(axis=(1, 3))
-        if not inside.any():
-            continue
-        tiles = hu[k, : Jt * side, : It * side].reshape(Jt, side, It, side).transpose(0, 2, 1, 3)[inside]
-        tiles = tiles.reshape(tiles.shape[0], -1).astype(np.float64)
-        m = tiles.mean(axis=1)
-        sel = (m >= mean_range[0]) & (m <= mean_range[1])
-        if sel.any():
-            out[int(k)] = (m[sel], tiles[sel].std(axis=1, ddof=1), tiles[sel].min(axis=1))
+    for i in np.flatnonzero(sel.any(axis=(1, 2))):
+        k, s = int(ks[i]), sel[i]
+        m = means[i][s]
+        tiles = hu[k, : Jt * side, : It * side].reshape(Jt, side, It, side).transpose(0, 2, 1, 3)[s]
+        dev = tiles.reshape(tiles.shape[0], n).astype(np.float64)
+        dev -= m[:, None]
+        out[k] = (m, np.sqrt(np.einsum("ij,ij->i", dev, dev) / (n - 1)), lows[i][s])
     return out
 
 
@@ -330,8 +378,7 @@ def _ct_noise_and_numbers(hu: np.ndarray, grid: _CTGrid, notes: list[str]) -> di
         "noise_windows_soft_tissue": 0,
         "noise_windows_air": 0,
     }
-    ks = _slice_subset(hu.shape[0], MAX_NOISE_SLICES)
-    air = _tile_stats(hu, grid, grid.air, ks, (-1100.0, -900.0))
+    air = _tile_stats(hu, grid, grid.air, (-1100.0, -900.0))
     am, asd, amin = _cat(air, 0), _cat(air, 1), _cat(air, 2)
     out["noise_windows_air"] = int(asd.size)
     if asd.size >= MIN_WINDOWS:
@@ -347,7 +394,7 @@ def _ct_noise_and_numbers(hu: np.ndarray, grid: _CTGrid, notes: list[str]) -> di
             out["noise_air_sd_hu"] = round(_mode(asd), 3)
     else:
         notes.append(f"too little air outside the body for a noise estimate ({asd.size} tiles)")
-    soft = _tile_stats(hu, grid, grid.body_core, ks, SOFT_TISSUE_WINDOW_HU)
+    soft = _tile_stats(hu, grid, grid.body_core, SOFT_TISSUE_WINDOW_HU)
     sm, ssd = _cat(soft, 0), _cat(soft, 1)
     out["noise_windows_soft_tissue"] = int(ssd.size)
     # streak indicator: the noisiest slice against the median slice
@@ -378,16 +425,17 @@ def _lung_coverage(grid: _CTGrid, volume: Volume, notes: list[str]) -> dict[str,
         return out
     px_area = grid.coarse_mm[0] * grid.coarse_mm[1]
     sz = volume.spacing[2]
-    lung = open2d(grid.body_filled & (grid.hu < -400.0) & grid.valid)
-    lab, n = ndi.label(lung)
+    candidate = grid.body_filled & (grid.hu < -400.0) & grid.valid
+    box = bbox3d(candidate)  # opening and labelling inside the candidates' box: the lungs' own
+    lab, n = ndi.label(open2d(candidate[box])) if box is not None else (None, 0)
     if n == 0:
         out.update(lungs_fully_covered=False, lung_volume_ml=0.0)
         notes.append("no lung found inside the body")
         return out
-    sizes = component_sizes(lab, n) * px_area * sz
+    voxels = component_sizes(lab, n)
+    sizes = voxels * px_area * sz
     keep_ids = np.nonzero(sizes >= max(50_000.0, 0.1 * sizes.max()))[0] + 1
-    kept = np.isin(lab, keep_ids)
-    vol_ml = float(kept.sum() * px_area * sz / 1000.0)
+    vol_ml = float(int(voxels[keep_ids - 1].sum()) * px_area * sz / 1000.0)
     out["lung_volume_ml"] = round(vol_ml, 1)
     if vol_ml < 100.0:
         out["lungs_fully_covered"] = False
@@ -395,13 +443,16 @@ def _lung_coverage(grid: _CTGrid, volume: Volume, notes: list[str]) -> dict[str,
         return out
 
     def lung_area(k: int) -> float:
-        l2, m2 = ndi.label(kept[k])
+        """Area of the kept lung pieces in slice k larger than the trachea."""
+        if not box[0].start <= k < box[0].stop:
+            return 0.0
+        l2, m2 = ndi.label(np.isin(lab[k - box[0].start], keep_ids))
         if m2 == 0:
             return 0.0
         areas = component_sizes(l2, m2) * px_area
         return float(areas[areas > TRACHEA_MAX_AREA_MM2].sum())
 
-    first, last = lung_area(0), lung_area(kept.shape[0] - 1)
+    first, last = lung_area(0), lung_area(grid.hu.shape[0] - 1)
     out["lung_area_first_slice_mm2"] = round(first, 1)
     out["lung_area_last_slice_mm2"] = round(last, 1)
     out["lungs_fully_covered"] = bool(first == 0.0 and last == 0.0)
