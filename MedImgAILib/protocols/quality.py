@@ -251,6 +251,8 @@ def _block_stats(a: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     if f == 1:
         return a, a, a
     total = np.empty((nk, J, I), dtype=acc)
+    if total.size == 0:  # a slice smaller than one block
+        return total, np.empty(total.shape, a.dtype), np.empty(total.shape, a.dtype)
     lo = np.empty((nk, J, I), dtype=a.dtype)
     hi = np.empty((nk, J, I), dtype=a.dtype)
     slab = max(1, _SLAB_BYTES // max(1, nj * ni * a.itemsize))
