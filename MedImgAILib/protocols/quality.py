@@ -211,7 +211,7 @@ def slice_spacing_regularity(positions_mm: Sequence[float]) -> dict[str, Any]:
 # CT
 # --------------------------------------------------------------------------------------------------
 #: masks are built on a coarse in-plane grid of about this pixel size (block means of the image):
-#: outlines and regions need no more, and it keeps a 512 x 512 x 300 series to a few seconds
+#: outlines and regions need no more, and it keeps a 512 x 512 x 300 series well under a second
 COARSE_PIXEL_MM = 2.0
 #: noise tiles: about this size, non-overlapping, so neighbouring estimates are independent
 TILE_MM = 7.0
@@ -271,8 +271,8 @@ def _block_stats(a: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray, np.ndar
         r_sum = b[:, 0::f, :].astype(row_t)
         for d in range(1, f):
             np.add(r_sum, b[:, d::f, :], out=r_sum, casting="unsafe")
-        ks = slice(k0, k0 + b.shape[0])
-        t, l, h = total[ks], lo[ks], hi[ks]
+        zs = slice(k0, k0 + b.shape[0])
+        t, l, h = total[zs], lo[zs], hi[zs]
         t[...] = r_sum[:, :, 0::f]
         l[...] = r_lo[:, :, 0::f]
         h[...] = r_hi[:, :, 0::f]
@@ -304,8 +304,8 @@ def _ct_grid(hu: np.ndarray, spacing: tuple[float, float, float]) -> _CTGrid:
     sx, sy, _ = spacing
     f = max(1, int(round(COARSE_PIXEL_MM / max(sx, sy))))
     total, bmin, bmax = _block_stats(hu, f)
-    # float32 block means as the sum of exact integers over f*f in float32 (or float64 sums of a float
-    # image rounded to float32 first), so an integer image's means are what a float32 sum would give
+    # float32 block means: an integer image's block sums are exact (so its means are the same as from
+    # float32 sums); a float image's float64 sums are rounded to float32 first
     coarse = total.astype(np.float32)  # a copy even at f = 1, where total is the image itself
     if f > 1:
         coarse /= np.float32(f * f)
@@ -335,9 +335,10 @@ def _ct_grid(hu: np.ndarray, spacing: tuple[float, float, float]) -> _CTGrid:
 def _tile_stats(hu: np.ndarray, grid: _CTGrid, region: np.ndarray,
                 mean_range: tuple[float, float]) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per noise slice: mean, SD (unbiased) and minimum of the image pixels of every non-overlapping tile
-    that lies wholly in ``region`` (coarse grid, noise slices only) and whose mean is in ``mean_range``. A tile is t x t
-    coarse blocks, so its sum and minimum come from the blocks' (exact for integer images); only the
-    selected tiles' pixels are read, for the SD (two-pass: deviations from the tile mean, squared)."""
+    that lies wholly in ``region`` (coarse grid, on the noise slices) and whose mean is in
+    ``mean_range``. A tile is t x t coarse blocks, so its sum and minimum come from the blocks' (exact
+    for integer images); only the selected tiles' pixels are read, for the SD (two-pass: deviations
+    from the tile mean, squared and summed)."""
     t = max(2, int(round(TILE_MM / max(grid.coarse_mm))))
     t = max(t, int(math.ceil(5 / grid.f)))  # at least 5 x 5 image pixels per tile
     f = grid.f
