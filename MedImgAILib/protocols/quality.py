@@ -320,7 +320,7 @@ def _ct_grid(hu: np.ndarray, spacing: tuple[float, float, float]) -> _CTGrid:
     filled = np.zeros_like(dense)
     box = bbox3d(dense)
     if box is not None:
-        lab, n = ndi.label(open2d(dense[box]))
+        lab, n = ndi.label(open2d(dense[box]), output=np.intp)  # intp: bincount needs no cast
         if n:
             filled[box] = fill_holes2d(lab == (int(np.argmax(component_sizes(lab, n))) + 1))
     # the noise regions are searched on the noise slices only (in-plane operations: slice by slice)
@@ -430,7 +430,7 @@ def _lung_coverage(grid: _CTGrid, volume: Volume, notes: list[str]) -> dict[str,
     sz = volume.spacing[2]
     candidate = grid.body_filled & (grid.hu < -400.0) & grid.valid
     box = bbox3d(candidate)  # opening and labelling inside the candidates' box: the lungs' own
-    lab, n = ndi.label(open2d(candidate[box])) if box is not None else (None, 0)
+    lab, n = ndi.label(open2d(candidate[box]), output=np.intp) if box is not None else (None, 0)
     if n == 0:
         out.update(lungs_fully_covered=False, lung_volume_ml=0.0)
         notes.append("no lung found inside the body")
