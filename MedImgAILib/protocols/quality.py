@@ -48,22 +48,89 @@ MIN_WINDOWS = 200
 # --------------------------------------------------------------------------------------------------
 # helpers
 # --------------------------------------------------------------------------------------------------
-def _box(mask: np.ndarray, radius: int) -> np.ndarray:
-    """Fraction of each in-plane (2r+1)^2 square that is set (separable, so fast at any radius)."""
-    return ndi.uniform_filter(mask.astype(np.float32), size=(1, 2 * radius + 1, 2 * radius + 1), mode="nearest")
+def _window_reduce(mask: np.ndarray, radius: int, axis: int, op: np.ufunc) -> np.ndarray:
+    """``op`` (``np.logical_or`` / ``np.logical_and``) of each pixel's centred window of half-width
+    ``radius`` along ``axis``, the window clipped at the array's ends. A forward then a backward run of
+    length ``radius + 1``, each built by doubling: about 2 log2(radius + 1) elementwise passes over the
+    boolean array (numpy, SIMD, and the GIL released), where a box filter needs float conversions."""
+    out = np.array(mask, dtype=bool)  # a copy
+    n = out.shape[axis]
+
+    def part(lo: int, hi: int) -> tuple[slice, ...]:
+        sl = [slice(None)] * out.ndim
+        sl[axis] = slice(lo, hi)
+        return tuple(sl)
+
+    for forward in (True, False):
+        w = 1  # run length covered so far
+        while w < radius + 1:
+            step = min(w, radius + 1 - w)
+            if step >= n:  # the run already spans the whole axis
+                break
+            # out[i] op= out[i + step] (forward) or out[i - step] (backward); numpy buffers the overlap,
+            # so every element combines the previous round's values
+            dst, src = (part(0, n - step), part(step, n)) if forward else (part(step, n), part(0, n - step))
+            op(out[dst], out[src], out=out[dst])
+            w += step
+    return out
 
 
 def dilate2d(mask: np.ndarray, radius: int) -> np.ndarray:
-    """In-plane dilation by a square of half-width ``radius`` (= ``radius`` iterations of a 3x3 square)."""
-    return _box(mask, radius) > 1e-4
+    """In-plane (last two axes) dilation by a square of half-width ``radius`` (= ``radius`` iterations
+    of a 3x3 square; pixels beyond the edge count as the edge pixel)."""
+    return _window_reduce(_window_reduce(mask, radius, -2, np.logical_or), radius, -1, np.logical_or)
 
 
 def erode2d(mask: np.ndarray, radius: int) -> np.ndarray:
-    return _box(mask, radius) > 1 - 1e-4
+    """In-plane erosion by a square of half-width ``radius`` (pixels beyond the edge count as the edge
+    pixel, so a mask touching the edge is not eaten from there)."""
+    return _window_reduce(_window_reduce(mask, radius, -2, np.logical_and), radius, -1, np.logical_and)
 
 
 def open2d(mask: np.ndarray) -> np.ndarray:
     return dilate2d(erode2d(mask, 1), 1)
+
+
+#: 4-connected in-plane neighbours only, as a 3D structure: labels and fills slice by slice in one call
+_INPLANE = np.zeros((3, 3, 3), dtype=bool)
+_INPLANE[1] = ndi.generate_binary_structure(2, 1)
+
+
+def bbox3d(mask: np.ndarray, margin: int = 1) -> tuple[slice, slice, slice] | None:
+    """Slices of a 3D mask's bounding box, widened in-plane by ``margin`` pixels where the array allows
+    (None for an empty mask). In-plane morphology of radius <= ``margin`` (open2d), per-slice hole
+    filling and 3D labelling give on the box what they give on the whole array: the margin is
+    background in every slice, as everything outside the box is."""
+    plane = mask.any(axis=0)
+    rows = np.flatnonzero(plane.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(plane.any(axis=0))
+    zs = np.flatnonzero(mask.any(axis=(1, 2)))
+    nj, ni = mask.shape[1:]
+    return (slice(int(zs[0]), int(zs[-1]) + 1),
+            slice(max(int(rows[0]) - margin, 0), min(int(rows[-1]) + 1 + margin, nj)),
+            slice(max(int(cols[0]) - margin, 0), min(int(cols[-1]) + 1 + margin, ni)))
+
+
+def fill_holes2d(mask: np.ndarray) -> np.ndarray:
+    """``ndi.binary_fill_holes`` of every slice [k] of a 3D mask, in one call: the background is labelled
+    in-plane (4-connected, as binary_fill_holes' default), and background pieces that do not reach the
+    edge of the slice are holes. Only the mask's in-plane bounding box (plus a one-pixel margin, which is
+    background in every slice and reaches the edge) is labelled. Same result as the per-slice calls,
+    about three times faster on a chest CT's coarse grid."""
+    mask = np.asarray(mask, dtype=bool)
+    box = bbox3d(mask)
+    if box is None:
+        return mask.copy()
+    bg, n = ndi.label(~mask[box], structure=_INPLANE)
+    outside = np.zeros(n + 1, dtype=bool)
+    for edge in (bg[:, 0, :], bg[:, -1, :], bg[:, :, 0], bg[:, :, -1]):
+        outside[edge] = True
+    outside[0] = False  # label 0 is the mask itself
+    out = mask.copy()
+    out[box] = ~outside[bg]
+    return out
 
 
 def component_sizes(lab: np.ndarray, n: int) -> np.ndarray:
@@ -144,32 +211,76 @@ def slice_spacing_regularity(positions_mm: Sequence[float]) -> dict[str, Any]:
 # CT
 # --------------------------------------------------------------------------------------------------
 #: masks are built on a coarse in-plane grid of about this pixel size (block means of the image):
-#: outlines and regions need no more, and it keeps a 512 x 512 x 300 series to a few seconds
+#: outlines and regions need no more, and it keeps a 512 x 512 x 300 series well under a second
 COARSE_PIXEL_MM = 2.0
 #: noise tiles: about this size, non-overlapping, so neighbouring estimates are independent
 TILE_MM = 7.0
 
 
-def _blocks(a: np.ndarray, f: int) -> np.ndarray:
-    """[k, J*f, I*f] view as [k, J, f, I, f] (the remainder rows/columns are dropped)."""
-    nk, nj, ni = a.shape
-    J, I = nj // f, ni // f
-    return a[:, : J * f, : I * f].reshape(nk, J, f, I, f)
+#: slab of slices reduced at a time by ``_block_stats``: its rows stay in the CPU cache between the
+#: three reductions (about 1 MB of int16 at 512 x 512)
+_SLAB_BYTES = 1 << 20
 
 
-def _block_reduce(a: np.ndarray, f: int, op: np.ufunc, dtype: Any = None) -> np.ndarray:
-    """[k, J*f, I*f] -> [k, J, I] by ``op`` over each f x f block, as f + f elementwise passes over
-    strided slices (numpy's reduce over a short strided axis is about ten times slower)."""
+def _reduce_blocks(a: np.ndarray, f: int, op: np.ufunc, dtype: Any = None) -> np.ndarray:
+    """[k, J*f, I*f] -> [k, J, I] by ``op`` over each f x f block (remainder rows/columns dropped): first
+    the f rows of each block (contiguous rows: fast elementwise passes), then the f columns of the 1/f
+    as large result (numpy's reduce over a short strided axis is about ten times slower)."""
     nk, nj, ni = a.shape
     J, I = nj // f, ni // f
     a = a[:, : J * f, : I * f]
-    cols = a[:, :, 0::f].astype(dtype or a.dtype)  # a copy, 1/f of the volume, in the result's type
+    rows = a[:, 0::f, :].astype(dtype or a.dtype)  # a copy, in the result's type
     for d in range(1, f):
-        op(cols, a[:, :, d::f], out=cols)
-    out = cols[:, 0::f, :].copy()
+        op(rows, a[:, d::f, :], out=rows, casting="unsafe")
+    out = rows[:, :, 0::f].copy()
     for d in range(1, f):
-        op(out, cols[:, d::f, :], out=out)
+        op(out, rows[:, :, d::f], out=out)
     return out
+
+
+def _block_stats(a: np.ndarray, f: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """[k, J*f, I*f] -> block sum, minimum and maximum (a's type), each [k, J, I], over every f x f
+    block (remainder rows/columns dropped), in one pass over the volume: ``_reduce_blocks``' order
+    (rows, then columns), slab by slab so that the slab stays in the CPU cache for the three
+    reductions. Integer input is summed exactly in integers (the rows in a's own type when f values
+    cannot overflow it, which spares a mixed-type loop), float input in float64."""
+    nk, nj, ni = a.shape
+    J, I = nj // f, ni // f
+    integer = a.dtype.kind in "iu"
+    acc = (np.int64 if a.itemsize >= 4 else np.int32) if integer else np.float64
+    if f == 1:
+        return a, a, a
+    total = np.empty((nk, J, I), dtype=acc)
+    if total.size == 0:  # a slice smaller than one block
+        return total, np.empty(total.shape, a.dtype), np.empty(total.shape, a.dtype)
+    lo = np.empty((nk, J, I), dtype=a.dtype)
+    hi = np.empty((nk, J, I), dtype=a.dtype)
+    slab = max(1, _SLAB_BYTES // max(1, nj * ni * a.itemsize))
+    for k0 in range(0, nk, slab):
+        b = a[k0:k0 + slab, : J * f, : I * f]
+        r_lo, r_hi = b[:, 0::f, :].copy(), b[:, 0::f, :].copy()
+        for d in range(1, f):
+            np.minimum(r_lo, b[:, d::f, :], out=r_lo)
+            np.maximum(r_hi, b[:, d::f, :], out=r_hi)
+        if integer:
+            # f values of the slab's range fit the row type? then sum rows in it (no mixed-type loop)
+            m = max(abs(int(r_lo.min())), abs(int(r_hi.max())))
+            row_t = a.dtype if f * m <= np.iinfo(a.dtype).max else acc
+        else:
+            row_t = acc
+        r_sum = b[:, 0::f, :].astype(row_t)
+        for d in range(1, f):
+            np.add(r_sum, b[:, d::f, :], out=r_sum, casting="unsafe")
+        zs = slice(k0, k0 + b.shape[0])
+        t, l, h = total[zs], lo[zs], hi[zs]
+        t[...] = r_sum[:, :, 0::f]
+        l[...] = r_lo[:, :, 0::f]
+        h[...] = r_hi[:, :, 0::f]
+        for d in range(1, f):
+            np.add(t, r_sum[:, :, d::f], out=t, casting="unsafe")
+            np.minimum(l, r_lo[:, :, d::f], out=l)
+            np.maximum(h, r_hi[:, :, d::f], out=h)
+    return total, lo, hi
 
 
 @dataclass
@@ -180,6 +291,11 @@ class _CTGrid:
     valid: np.ndarray  # block wholly inside the reconstruction field of view
     dense_any: np.ndarray  # block holds anything denser than air (body, couch, clothes)
     body_filled: np.ndarray  # body outline with holes (lungs, bowel gas) filled
+    block_min: np.ndarray  # coarse block minimum and maximum (the image's type)
+    block_max: np.ndarray
+    # the slices searched for noise tiles, and on those slices only [len(noise_slices), J, I]:
+    noise_slices: np.ndarray
+    noise_block_sum: np.ndarray  # block sums (exact for integer images)
     body_core: np.ndarray  # body eroded by 5 mm: where soft-tissue tiles are searched
     air: np.ndarray  # valid air at least 10 mm from anything dense
 
@@ -187,47 +303,65 @@ class _CTGrid:
 def _ct_grid(hu: np.ndarray, spacing: tuple[float, float, float]) -> _CTGrid:
     sx, sy, _ = spacing
     f = max(1, int(round(COARSE_PIXEL_MM / max(sx, sy))))
-    coarse = _block_reduce(hu, f, np.add, dtype=np.float32) / np.float32(f * f)
-    valid = _block_reduce(hu, f, np.minimum) > PADDING_HU
-    dense = _block_reduce(hu, f, np.maximum) > -500.0
+    total, bmin, bmax = _block_stats(hu, f)
+    # float32 block means: an integer image's block sums are exact (so its means are the same as from
+    # float32 sums); a float image's float64 sums are rounded to float32 first
+    coarse = total.astype(np.float32)  # a copy even at f = 1, where total is the image itself
+    if f > 1:
+        coarse /= np.float32(f * f)
+    ks = _slice_subset(hu.shape[0], MAX_NOISE_SLICES)
+    noise_sum = total[ks]
+    del total
+    valid = bmin > PADDING_HU
+    dense = bmax > -500.0
     cmm = (sx * f, sy * f)
-    lab, n = ndi.label(open2d(dense))
-    if n == 0:
-        body = np.zeros_like(dense)
-    else:
-        body = lab == (int(np.argmax(component_sizes(lab, n))) + 1)
-    filled = np.empty_like(body)
-    for k in range(body.shape[0]):
-        filled[k] = ndi.binary_fill_holes(body[k])
-    core = erode2d(filled, max(1, int(math.ceil(5.0 / max(cmm)))))
-    air = valid & ~dilate2d(dense | ~valid, max(1, int(math.ceil(10.0 / max(cmm)))))
+    # the body: the largest 3D piece of the opened dense mask, holes filled slice by slice; worked out
+    # inside the dense mask's bounding box (the couch may span the width, the air above it is skipped)
+    filled = np.zeros_like(dense)
+    box = bbox3d(dense)
+    if box is not None:
+        lab, n = ndi.label(open2d(dense[box]), output=np.intp)  # intp: bincount needs no cast
+        if n:
+            filled[box] = fill_holes2d(lab == (int(np.argmax(component_sizes(lab, n))) + 1))
+    # the noise regions are searched on the noise slices only (in-plane operations: slice by slice)
+    core = erode2d(filled[ks], max(1, int(math.ceil(5.0 / max(cmm)))))
+    vk = valid[ks]
+    air = vk & ~dilate2d(dense[ks] | ~vk, max(1, int(math.ceil(10.0 / max(cmm)))))
     return _CTGrid(f=f, coarse_mm=cmm, hu=coarse, valid=valid, dense_any=dense, body_filled=filled,
+                   block_min=bmin, block_max=bmax, noise_slices=ks, noise_block_sum=noise_sum,
                    body_core=core, air=air)
 
 
-def _tile_stats(hu: np.ndarray, grid: _CTGrid, region: np.ndarray, ks: np.ndarray,
+def _tile_stats(hu: np.ndarray, grid: _CTGrid, region: np.ndarray,
                 mean_range: tuple[float, float]) -> dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Per slice: mean, SD (unbiased) and minimum of the image pixels of every non-overlapping tile that
-    lies wholly in ``region`` (coarse grid) and whose mean is in ``mean_range``."""
+    """Per noise slice: mean, SD (unbiased) and minimum of the image pixels of every non-overlapping tile
+    that lies wholly in ``region`` (coarse grid, on the noise slices) and whose mean is in
+    ``mean_range``. A tile is t x t coarse blocks, so its sum and minimum come from the blocks' (exact
+    for integer images); only the selected tiles' pixels are read, for the SD (two-pass: deviations
+    from the tile mean, squared and summed)."""
     t = max(2, int(round(TILE_MM / max(grid.coarse_mm))))
     t = max(t, int(math.ceil(5 / grid.f)))  # at least 5 x 5 image pixels per tile
     f = grid.f
-    nk, J, I = region.shape
+    _, J, I = region.shape
     Jt, It = J // t, I // t
     if Jt == 0 or It == 0:
         return {}
     side = t * f
+    n = side * side
+    ks = grid.noise_slices
+    acc = np.int64 if grid.noise_block_sum.dtype.kind in "iu" else np.float64
+    inside = _reduce_blocks(region, t, np.logical_and)
+    means = _reduce_blocks(grid.noise_block_sum, t, np.add, dtype=acc) / n
+    sel = inside & (means >= mean_range[0]) & (means <= mean_range[1])
+    lows = _reduce_blocks(grid.block_min[ks], t, np.minimum)
     out: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-    for k in ks:
-        inside = region[k, : Jt * t, : It * t].reshape(Jt, t, It, t).all(axis=(1, 3))
-        if not inside.any():
-            continue
-        tiles = hu[k, : Jt * side, : It * side].reshape(Jt, side, It, side).transpose(0, 2, 1, 3)[inside]
-        tiles = tiles.reshape(tiles.shape[0], -1).astype(np.float64)
-        m = tiles.mean(axis=1)
-        sel = (m >= mean_range[0]) & (m <= mean_range[1])
-        if sel.any():
-            out[int(k)] = (m[sel], tiles[sel].std(axis=1, ddof=1), tiles[sel].min(axis=1))
+    for i in np.flatnonzero(sel.any(axis=(1, 2))):
+        k, s = int(ks[i]), sel[i]
+        m = means[i][s]
+        tiles = hu[k, : Jt * side, : It * side].reshape(Jt, side, It, side).transpose(0, 2, 1, 3)[s]
+        dev = tiles.reshape(tiles.shape[0], n).astype(np.float64)
+        dev -= m[:, None]
+        out[k] = (m, np.sqrt(np.einsum("ij,ij->i", dev, dev) / (n - 1)), lows[i][s])
     return out
 
 
@@ -247,8 +381,7 @@ def _ct_noise_and_numbers(hu: np.ndarray, grid: _CTGrid, notes: list[str]) -> di
         "noise_windows_soft_tissue": 0,
         "noise_windows_air": 0,
     }
-    ks = _slice_subset(hu.shape[0], MAX_NOISE_SLICES)
-    air = _tile_stats(hu, grid, grid.air, ks, (-1100.0, -900.0))
+    air = _tile_stats(hu, grid, grid.air, (-1100.0, -900.0))
     am, asd, amin = _cat(air, 0), _cat(air, 1), _cat(air, 2)
     out["noise_windows_air"] = int(asd.size)
     if asd.size >= MIN_WINDOWS:
@@ -264,7 +397,7 @@ def _ct_noise_and_numbers(hu: np.ndarray, grid: _CTGrid, notes: list[str]) -> di
             out["noise_air_sd_hu"] = round(_mode(asd), 3)
     else:
         notes.append(f"too little air outside the body for a noise estimate ({asd.size} tiles)")
-    soft = _tile_stats(hu, grid, grid.body_core, ks, SOFT_TISSUE_WINDOW_HU)
+    soft = _tile_stats(hu, grid, grid.body_core, SOFT_TISSUE_WINDOW_HU)
     sm, ssd = _cat(soft, 0), _cat(soft, 1)
     out["noise_windows_soft_tissue"] = int(ssd.size)
     # streak indicator: the noisiest slice against the median slice
@@ -295,16 +428,17 @@ def _lung_coverage(grid: _CTGrid, volume: Volume, notes: list[str]) -> dict[str,
         return out
     px_area = grid.coarse_mm[0] * grid.coarse_mm[1]
     sz = volume.spacing[2]
-    lung = open2d(grid.body_filled & (grid.hu < -400.0) & grid.valid)
-    lab, n = ndi.label(lung)
+    candidate = grid.body_filled & (grid.hu < -400.0) & grid.valid
+    box = bbox3d(candidate)  # opening and labelling inside the candidates' box: the lungs' own
+    lab, n = ndi.label(open2d(candidate[box]), output=np.intp) if box is not None else (None, 0)
     if n == 0:
         out.update(lungs_fully_covered=False, lung_volume_ml=0.0)
         notes.append("no lung found inside the body")
         return out
-    sizes = component_sizes(lab, n) * px_area * sz
+    voxels = component_sizes(lab, n)
+    sizes = voxels * px_area * sz
     keep_ids = np.nonzero(sizes >= max(50_000.0, 0.1 * sizes.max()))[0] + 1
-    kept = np.isin(lab, keep_ids)
-    vol_ml = float(kept.sum() * px_area * sz / 1000.0)
+    vol_ml = float(int(voxels[keep_ids - 1].sum()) * px_area * sz / 1000.0)
     out["lung_volume_ml"] = round(vol_ml, 1)
     if vol_ml < 100.0:
         out["lungs_fully_covered"] = False
@@ -312,13 +446,16 @@ def _lung_coverage(grid: _CTGrid, volume: Volume, notes: list[str]) -> dict[str,
         return out
 
     def lung_area(k: int) -> float:
-        l2, m2 = ndi.label(kept[k])
+        """Area of the kept lung pieces in slice k larger than the trachea."""
+        if not box[0].start <= k < box[0].stop:
+            return 0.0
+        l2, m2 = ndi.label(np.isin(lab[k - box[0].start], keep_ids))
         if m2 == 0:
             return 0.0
         areas = component_sizes(l2, m2) * px_area
         return float(areas[areas > TRACHEA_MAX_AREA_MM2].sum())
 
-    first, last = lung_area(0), lung_area(kept.shape[0] - 1)
+    first, last = lung_area(0), lung_area(grid.hu.shape[0] - 1)
     out["lung_area_first_slice_mm2"] = round(first, 1)
     out["lung_area_last_slice_mm2"] = round(last, 1)
     out["lungs_fully_covered"] = bool(first == 0.0 and last == 0.0)
@@ -350,6 +487,21 @@ def _interslice_discontinuity(grid: _CTGrid) -> float | None:
     return round(float(np.nanmax(d) / med), 3) if med > 0 else None
 
 
+def _metal_voxels(hu: np.ndarray, grid: _CTGrid) -> int:
+    """Voxels above METAL_HU, counted only in the slices where a block maximum (or the few rows and
+    columns the blocks leave out) says there are any: most series have none, and then the full volume
+    is not read again."""
+    nk, J, I = grid.block_max.shape
+    f = grid.f
+    has = (grid.block_max > METAL_HU).any(axis=(1, 2))
+    if hu.shape[1] > J * f:
+        has |= (hu[:, J * f:, :] > METAL_HU).any(axis=(1, 2))
+    if hu.shape[2] > I * f:
+        has |= (hu[:, :, I * f:] > METAL_HU).any(axis=(1, 2))
+    ks = np.flatnonzero(has)
+    return int(sum(np.count_nonzero(hu[k] > METAL_HU) for k in ks))
+
+
 def measure_ct(volume: Volume, slice_positions_mm: Sequence[float] | None = None) -> dict[str, Any]:
     hu = volume.array  # HU in whatever dtype the loader chose (int16 when the rescale allows)
     notes: list[str] = []
@@ -359,7 +511,7 @@ def measure_ct(volume: Volume, slice_positions_mm: Sequence[float] | None = None
     res.update(_lung_coverage(grid, volume, notes))
     pos = slice_positions_mm if slice_positions_mm is not None else slice_positions_from_volume(volume)
     res.update(slice_spacing_regularity(pos))
-    res["metal_volume_mm3"] = round(float(np.count_nonzero(hu > METAL_HU) * volume.voxel_volume_mm3), 1)
+    res["metal_volume_mm3"] = round(float(_metal_voxels(hu, grid) * volume.voxel_volume_mm3), 1)
     res["interslice_discontinuity_max_ratio"] = _interslice_discontinuity(grid)
     res["notes"] = notes
     return res

@@ -10,8 +10,9 @@ streak and motion indicators, derived values and all criteria), plus the header-
 medians, the ratio ours / load, and the peak RSS increase of the full check in a fresh subprocess
 that reads the volume from a .npy (``tracemalloc`` peak of the check's allocations, and the
 process's ``ru_maxrss``) against the volume's size.
-The check reads every voxel a few times (block means, minima, maxima, metal count) and works on a
-coarse grid after that, so it costs a small multiple of a load from the page cache.
+The check reads every voxel once (block sums, minima and maxima in one pass; metal is counted only
+in slices whose blocks hold some), then works on a coarse grid and reads only the noise tiles'
+pixels again, so it costs a small multiple of a load from the page cache.
 """
 
 from __future__ import annotations
