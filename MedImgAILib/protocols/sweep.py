@@ -36,7 +36,7 @@ from ..errors import MedImgAIError, ModelError
 from ..results import Finding
 from ..fileio import atomic_output
 from ..volume import Volume, affine_from_geometry
-from .quality import component_sizes, dilate2d, open2d
+from .quality import component_sizes, dilate2d, fill_holes2d, open2d
 
 
 class SweepError(MedImgAIError):
@@ -409,9 +409,9 @@ def threshold_detector(volume: Volume, threshold_hu: float = -450.0, min_diamete
     if n == 0:
         return []
     body = lab == int(np.argmax(component_sizes(lab, n))) + 1
-    body_filled = np.stack([ndi.binary_fill_holes(b) for b in body])
+    body_filled = fill_holes2d(body)
     lung_core = body_filled & (hu < -400)
-    lung_region = np.stack([ndi.binary_fill_holes(s) for s in lung_core])
+    lung_region = fill_holes2d(lung_core)
     lung_region &= ~dilate2d(~body_filled, max(1, int(4 / sx)))
     if not lung_region.any():
         return []
