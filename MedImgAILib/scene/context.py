@@ -13,13 +13,47 @@ from typing import Any
 os.environ.setdefault("VTK_DEFAULT_OPENGL_WINDOW", "vtkEGLRenderWindow")
 
 
-@dataclass
+@dataclass(eq=False)
 class SceneContext:
     scene: Any
     app_logic: Any
     logics: dict[str, Any] = field(default_factory=dict)
     #: offscreen slice views created on demand by ``render_slice``, by size
     views: dict[str, Any] = field(default_factory=dict)
+    #: made here (``new_scene``): torn down here, by :meth:`close` or when dropped; never the
+    #: application's own scene
+    owned: bool = False
+
+    def close(self) -> None:
+        """Tear the scene down in a fixed order: slice views, then the module logics, then the scene.
+
+        Left to the garbage collector, the parts went in any order, and the Colors logic's destructor
+        (which removes its color nodes from the scene it still had) sent node events to a slice logic
+        that was already gone: a segfault in vtkMRMLSliceLogic::ProcessMRMLLogicsEvents, seen as an
+        occasional crash at the exit of the test process. Idempotent; the context is unusable after."""
+        if not self.owned or self.scene is None:
+            return
+        for view in self.views.values():
+            view.close(self.app_logic)
+        self.views.clear()
+        for logic in reversed(list(self.logics.values())):
+            logic.SetMRMLScene(None)  # detached first: no logic reacts to the scene's clearing below
+        self.logics.clear()
+        self.app_logic.SetMRMLScene(None)
+        self.scene.Clear(1)
+        self.scene = None
+
+    def __enter__(self) -> "SceneContext":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - at interpreter exit the VTK modules may be gone already
+            pass
 
     @property
     def segmentations(self) -> Any:
@@ -76,4 +110,4 @@ def new_scene() -> SceneContext:
             logic.SetMRMLScene(scene)
         app.SetModuleLogic(name, logic)
         logics[name] = logic
-    return SceneContext(scene=scene, app_logic=app, logics=logics)
+    return SceneContext(scene=scene, app_logic=app, logics=logics, owned=True)

@@ -46,7 +46,8 @@ class OffscreenSliceView:
         import slicer
         import vtk
 
-        self.ctx = ctx
+        # no reference back to ctx: ctx.views holds the view, and a cycle would leave the teardown
+        # order to the garbage collector (see SceneContext.close)
         factory = slicer.vtkMRMLSliceViewDisplayableManagerFactory.GetInstance()
         factory.SetMRMLApplicationLogic(ctx.app_logic)
         for m in _MANAGERS:
@@ -87,6 +88,19 @@ class OffscreenSliceView:
         actor.GetProperty().SetDisplayLocationToBackground()
         self.image_renderer.AddViewProp(actor)
         self.size = size
+
+    def close(self, app_logic: Any) -> None:
+        """Detach from the scene and the application logic (before the scene's logics go)."""
+        import slicer
+
+        app_logic.GetSliceLogics().RemoveItem(self.logic)
+        self.group.SetMRMLDisplayableNode(None)
+        self.logic.SetMRMLScene(None)
+        self.logic.SetMRMLApplicationLogic(None)
+        factory = slicer.vtkMRMLSliceViewDisplayableManagerFactory.GetInstance()
+        if factory.GetMRMLApplicationLogic() is app_logic:  # the factory is a process-wide singleton
+            factory.SetMRMLApplicationLogic(None)
+        self.window.Finalize()
 
     def render(
         self,
