@@ -26,10 +26,12 @@ def test_same_seed_same_weights(tmp_path):
 @pytest.mark.slow
 def test_phantom_sets_are_the_single_set_recipes_and_reproducible(tmp_path):
     """``data_seeds=[3]`` trains on exactly the phantoms of a one-set run with ``seed=3`` (so cached
-    phantoms of earlier runs are reused), and noise augmentation and checkpoints keep runs bit-exact."""
+    phantoms of earlier runs are reused), and noise augmentation, checkpoints, border patches and
+    per-patch Dice keep runs bit-exact."""
     cfg = dict(cases=1, steps=2, batch=1, patch=32)
     single = train_lung_nodule(TrainConfig(seed=3, **cfg), tmp_path / "s", log=lambda m: None)
-    multi = dict(cfg, data_seeds=[3], noise_aug=0.02, checkpoint_every=1)
+    # with the 1.3.0 stage's options too: patches up to the border and Dice per patch
+    multi = dict(cfg, data_seeds=[3], noise_aug=0.02, checkpoint_every=1, jitter=0.5, dice_per_patch=True)
     a = train_lung_nodule(TrainConfig(seed=5, **multi), tmp_path / "a", log=lambda m: None)
     b = train_lung_nodule(TrainConfig(seed=5, **multi), tmp_path / "b", log=lambda m: None)
     assert a["acquisitions"] == single["acquisitions"]
@@ -103,15 +105,15 @@ def test_train_cli_refuses_bad_patch_options(tmp_path, args, message):
 
 
 @pytest.mark.slow
-def test_train_cli_border_patches_and_per_patch_dice_are_reproducible(tmp_path):
-    """The 1.3.0 stage's options through the CLI: recorded in training.json, same seed -> same weights."""
-    argv = [sys.executable, "-m", "MedImgAILib", "train", "ct-lung-nodule", "--seed", "3", "--cases", "1", "--steps", "2",
-            "--batch", "2", "--patch", "32", "--jitter", "0.5", "--dice-per-patch", "--per-nodule-sampling", "--threads", "1"]
-    runs = []
-    for name in ("a", "b"):
-        p = subprocess.run([*argv, "--out", str(tmp_path / name)], cwd=REPO, capture_output=True, text=True, timeout=300)
-        assert p.returncode == 0, p.stderr
-        runs.append(json.loads(p.stdout))
-    assert runs[0]["sha256"] == runs[1]["sha256"]
-    cfg = runs[0]["config"]
-    assert (cfg["patch"], cfg["jitter"], cfg["dice_per_patch"], cfg["per_nodule_sampling"]) == (32, 0.5, True, True)
+def test_train_cli_takes_the_border_patch_options(tmp_path):
+    """The 1.3.0 stage's options reach the run through the CLI and are recorded in training.json."""
+    p = subprocess.run([sys.executable, "-m", "MedImgAILib", "train", "ct-lung-nodule", "--seed", "3", "--cases", "1",
+                        "--steps", "2", "--batch", "2", "--patch", "32", "--jitter", "0.5", "--dice-per-patch",
+                        "--per-nodule-sampling", "--threads", "1", "--out", str(tmp_path)],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    result = json.loads(p.stdout)
+    cfg = json.loads((tmp_path / "training.json").read_text())["config"]
+    assert cfg == result["config"]
+    assert (cfg["patch"], cfg["jitter"], cfg["dice_per_patch"], cfg["per_nodule_sampling"], cfg["threads"]) == (32, 0.5, True, True, 1)
+    assert (tmp_path / "ct-lung-nodule.pt").stat().st_size == result["size_bytes"]
