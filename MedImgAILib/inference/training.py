@@ -58,7 +58,7 @@ class TrainConfig:
     #: 0.5 puts the drawn voxel anywhere in the patch, up to its border, as sliding windows see it
     jitter: float = 0.25
     #: Dice per patch instead of over the batch: a patch with a 5 mm nodule then weighs as much as one
-    #: with a 20 mm nodule (over the batch, the small nodule's ~40 voxels are lost beside ~3000)
+    #: with a 20 mm nodule (over the batch, a 5 mm nodule's ~20 voxels are lost beside ~1200)
     dice_per_patch: bool = False
     #: write a checkpoint every this many steps (0: none); the final weights are the run's result
     checkpoint_every: int = 0
