@@ -24,6 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fraction centred on vessels, airway walls and chest wall (the rest: random lung)")
     p.add_argument("--noise-aug", type=float, default=None, help="max sd of added noise (window units)")
     p.add_argument("--checkpoint-every", type=int, default=None)
+    p.add_argument("--patch", type=int, default=None, help="patch edge in voxels (default 48; a multiple of 8)")
+    p.add_argument("--jitter", type=float, default=None,
+                   help="patch centre offset from the drawn voxel, fraction of the patch (default 0.25; 0.5: "
+                        "the voxel anywhere in the patch, up to its border, as sliding windows place nodules)")
+    p.add_argument("--dice-per-patch", action="store_true",
+                   help="Dice per patch, not over the batch (small nodules weigh as much as large ones)")
     p.add_argument("--per-nodule-sampling", action="store_true",
                    help="centre nodule patches on a nodule drawn uniformly, so small nodules are seen as often as large ones")
     p.set_defaults(func=_train)
@@ -45,7 +51,16 @@ def _train(args: argparse.Namespace) -> int:
         cfg.data_seeds = [int(x) for x in args.data_seeds.split(",") if x.strip()]
     if args.per_nodule_sampling:
         cfg.per_nodule_sampling = True
-    for name in ("batch", "lr", "p_nodule", "p_hard_negative", "noise_aug", "checkpoint_every"):
+    if args.dice_per_patch:
+        cfg.dice_per_patch = True
+    if args.patch is not None and (args.patch < 16 or args.patch % 8):
+        print(f"medimgai train: --patch {args.patch}: use a multiple of 8 of at least 16 (the U-Net halves it 3 times)",
+              file=sys.stderr)
+        return 2
+    if args.jitter is not None and not 0.0 <= args.jitter <= 0.5:
+        print(f"medimgai train: --jitter {args.jitter}: use 0-0.5 (a fraction of the patch)", file=sys.stderr)
+        return 2
+    for name in ("batch", "lr", "p_nodule", "p_hard_negative", "noise_aug", "checkpoint_every", "patch", "jitter"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
     result = train_lung_nodule(cfg, args.out, log=lambda m: print(m, file=sys.stderr, flush=True))

@@ -3,7 +3,7 @@
 ``medimgai train ct-lung-nodule --out DIR --seed 0`` generates phantoms (seeds below 10000; the
 evaluation uses seeds from 10000 on, so the test set is never seen in training), preprocesses them
 exactly as inference does (lung crop, 1.5 mm LPS grid, HU window), and trains a small MONAI U-Net on
-48^3 patches (72 mm): half centred on nodules, the rest on hard negatives (vessels, airway walls and the chest
+48^3 patches (72 mm; ``--patch``): half centred on nodules, the rest on hard negatives (vessels, airway walls and the chest
 wall next to the lung) and on random lung. Everything random is drawn from generators seeded by
 ``--seed``; torch runs single-process with a fixed thread count, so the same command gives the same
 weights on the same software stack.
@@ -53,6 +53,13 @@ class TrainConfig:
     #: nodule patches: pick a nodule first, then one of its voxels (small nodules as often as large
     #: ones); False picks a nodule voxel uniformly (large nodules dominate), as 1.0.0 / 1.1.0 did
     per_nodule_sampling: bool = False
+    #: how far a patch centre moves from the drawn voxel, as a fraction of the patch (uniform in
+    #: +-jitter*patch per axis). 0.25 (1.0.0-1.2.0) keeps a nodule >= ~1/4 patch from the border;
+    #: 0.5 puts the drawn voxel anywhere in the patch, up to its border, as sliding windows see it
+    jitter: float = 0.25
+    #: Dice per patch instead of over the batch: a patch with a 5 mm nodule then weighs as much as one
+    #: with a 20 mm nodule (over the batch, a 5 mm nodule's ~20 voxels are lost beside ~1200)
+    dice_per_patch: bool = False
     #: write a checkpoint every this many steps (0: none); the final weights are the run's result
     checkpoint_every: int = 0
     network_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -96,9 +103,11 @@ def _prepare(case, card: ModelCard, rng: np.random.Generator) -> _Sample:
 
 
 def _patch(sample: _Sample, centre: np.ndarray, size: int, rng: np.random.Generator,
-           noise_aug: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
-    """A size^3 patch around ``centre`` (jittered), padded with air (0) outside the volume."""
-    c = centre + rng.integers(-size // 4, size // 4 + 1, size=3)
+           noise_aug: float = 0.0, jitter: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
+    """A size^3 patch around ``centre`` moved by up to ``jitter * size`` per axis, padded with air (0)
+    outside the volume."""
+    h = int(jitter * size)  # 0.25: size // 4, the 1.0.0-1.2.0 recipe (same draws, same weights)
+    c = centre + rng.integers(-h, h + 1, size=3)
     lo = c - size // 2
     img = np.zeros((size, size, size), np.float32)
     tgt = np.zeros((size, size, size), np.uint8)
@@ -163,7 +172,7 @@ def train_lung_nodule(cfg: TrainConfig, out_dir: str | os.PathLike[str], *,
         log(f"continuing from {cfg.init} (sha256 {hashlib.sha256(Path(cfg.init).read_bytes()).hexdigest()})")
     # Dice on the nodule channel only (with the background channel in, an all-background net already
     # scores ~0.5 and training can settle there), plus cross-entropy weighted towards nodules
-    loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=True,
+    loss_fn = DiceCELoss(include_background=False, to_onehot_y=True, softmax=True, batch=not cfg.dice_per_patch,
                          weight=torch.tensor([1.0, 3.0]))
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warm = max(1, cfg.steps // 20)
@@ -188,7 +197,7 @@ def train_lung_nodule(cfg: TrainConfig, out_dir: str | os.PathLike[str], *,
                 s = samples[rng.integers(len(samples))]
                 pool = s.negative_voxels if (u < cfg.p_nodule + cfg.p_hard_negative and len(s.negative_voxels)) else s.lung_voxels
                 centre = pool[rng.integers(len(pool))] if len(pool) else np.asarray(s.image.shape) // 2
-            img, tgt = _patch(s, np.asarray(centre), cfg.patch, rng, cfg.noise_aug)
+            img, tgt = _patch(s, np.asarray(centre), cfg.patch, rng, cfg.noise_aug, cfg.jitter)
             imgs.append(img)
             tgts.append(tgt)
         x = torch.from_numpy(np.stack(imgs))[:, None]
