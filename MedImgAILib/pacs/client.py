@@ -725,16 +725,26 @@ def store(
     t0 = time.perf_counter()
     result = StoreResult()
     items: list[tuple[Path, str, str]] = []
+    sops: list[str] = []
     for f in collect_files(paths):
         try:
-            hdr = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SOPClassUID"])
-            cls = str(hdr.file_meta.MediaStorageSOPClassUID if "MediaStorageSOPClassUID" in hdr.file_meta else hdr.SOPClassUID)
-            ts = str(hdr.file_meta.TransferSyntaxUID)
+            hdr = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"])
+            meta = hdr.file_meta
+            cls = str(meta.MediaStorageSOPClassUID if "MediaStorageSOPClassUID" in meta else hdr.SOPClassUID)
+            sop = str(meta.MediaStorageSOPInstanceUID if "MediaStorageSOPInstanceUID" in meta else hdr.SOPInstanceUID)
+            ts = str(meta.TransferSyntaxUID)
         except Exception:  # noqa: BLE001 - any unreadable file is "not DICOM" to a sender
             result.skipped += 1
             continue
         items.append((f, cls, ts))
+        sops.append(sop)
     if not items:
+        result.seconds = time.perf_counter() - t0
+        return result
+    if node.tls is None:  # the lean requestor (see pacs/send.py for why not pynetdicom's)
+        from .send import store_files
+
+        store_files(node, settings, [(f, cls, sop, ts) for (f, cls, ts), sop in zip(items, sops)], result, on_progress)
         result.seconds = time.perf_counter() - t0
         return result
     pairs = list(dict.fromkeys((cls, ts) for _, cls, ts in items))

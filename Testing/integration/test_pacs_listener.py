@@ -172,6 +172,65 @@ def test_store_converts_for_a_peer_that_refuses_the_files_syntax(study):
         assert (by_uid[src.SOPInstanceUID].pixel_array == src.pixel_array).all()
 
 
+def test_store_decompresses_for_a_peer_that_takes_only_uncompressed(tmp_path):
+    """An RLE and a JPEG-LS file to a peer that takes MR only in Implicit VR: decompressed and
+    re-encoded (same pixels), not refused; a file in a syntax the peer takes goes byte for byte."""
+    from pydicom.data import get_testdata_file
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+    from pynetdicom import AE, evt
+    from pynetdicom.sop_class import CTImageStorage, MRImageStorage
+
+    from MedImgAILib.pacs.send import dataset_offset
+
+    received = {}
+
+    def on_store(event):
+        received[event.request.AffectedSOPInstanceUID] = (str(event.context.transfer_syntax), bytes(event.request.DataSet.getvalue()))
+        return 0x0000
+
+    ae = AE(ae_title="PLAINONLY")
+    ae.add_supported_context(MRImageStorage, [ImplicitVRLittleEndian])
+    ae.add_supported_context(CTImageStorage, [ExplicitVRLittleEndian])
+    server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    files = [Path(get_testdata_file(n)) for n in ("MR_small_RLE.dcm", "MR_small_jpeg_ls_lossless.dcm", "CT_small.dcm")]
+    try:
+        s = PacsSettings()
+        res = client.store(s.node(f"PLAINONLY@127.0.0.1:{server.server_address[1]}"), s, files)
+    finally:
+        server.shutdown()
+    assert (res.sent, res.failed) == (3, 0), res.errors
+    for f in files:
+        src = pydicom.dcmread(f)
+        ts, raw = received[src.SOPInstanceUID]
+        got = read_dataset(DicomBytesIO(raw), is_implicit_VR=ts == ImplicitVRLittleEndian, is_little_endian=True)
+        got.file_meta = FileMetaDataset()
+        got.file_meta.TransferSyntaxUID = ts
+        assert (got.pixel_array == src.pixel_array).all(), f.name
+        if f.name == "CT_small.dcm":  # its own syntax: the stored bytes after the File Meta, unchanged
+            whole = f.read_bytes()
+            assert ts == ExplicitVRLittleEndian and raw == whole[dataset_offset(whole[:65536]):]
+        else:
+            assert ts == ImplicitVRLittleEndian
+
+
+def test_dataset_offset_of_part10_files():
+    from pydicom.data import get_testdata_file
+
+    from MedImgAILib.pacs.send import dataset_offset
+
+    for name in ("CT_small.dcm", "MR_small_RLE.dcm", "rtplan.dcm"):
+        data = Path(get_testdata_file(name)).read_bytes()
+        off = dataset_offset(data[:65536])
+        with open(get_testdata_file(name), "rb") as fh:
+            pydicom.filereader.read_preamble(fh, False)
+            pydicom.filereader._read_file_meta_info(fh)
+            assert off == fh.tell(), name
+    assert dataset_offset(b"\0" * 64) is None  # no preamble / DICM: not laid out as Part 10
+
+
 def test_disk_nearly_full_refuses_with_out_of_resources(study, tmp_path):
     with Listener(_listener(tmp_path, min_free_mb=10**12)) as lst:  # "nearly full": less than 1 EB free
         s = PacsSettings()
