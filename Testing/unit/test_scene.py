@@ -213,3 +213,39 @@ def test_a_reused_series_keeps_its_place_and_the_result_joins_its_study():
     assert nodes.study_item == study
     for node in (nodes.volume, nodes.segmentation, nodes.table):
         assert sh.GetItemParent(sh.GetItemByDataNode(node)) == study
+
+
+def test_a_dropped_scene_is_torn_down_at_once_in_order():
+    """A scene with an offscreen view is freed as soon as it is dropped (no reference cycle) and torn
+    down views-logics-scene: left to the garbage collector in any order, the Colors logic's destructor
+    once called into a freed slice logic (an occasional segfault at the test process's exit). Run in
+    a fresh interpreter that must also exit cleanly."""
+    import os
+    import subprocess
+    import sys
+
+    from Testing.conftest import REPO
+
+    code = """
+import gc, weakref
+from Testing.unit.test_scene import small_ct
+from MedImgAILib.scene import new_scene, render_slice
+from MedImgAILib.scene.build import add_source_volume
+refs = []
+for _ in range(3):
+    ctx = new_scene()
+    vol, _labels, _result = small_ct()
+    node = add_source_volume(ctx, vol)
+    render_slice(ctx, node, size=(64, 64))
+    refs.append(weakref.ref(ctx))
+    del ctx, node
+    assert refs[-1]() is None, "scene context still alive after del: a reference cycle"
+with new_scene() as ctx:  # explicit close: idempotent, and the context is spent afterwards
+    ctx.close()
+assert ctx.scene is None
+gc.collect()
+print("torn down")
+"""
+    env = {**os.environ, "VTK_DEFAULT_OPENGL_WINDOW": "vtkEGLRenderWindow", "PYTHONFAULTHANDLER": "1"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    assert r.returncode == 0 and "torn down" in r.stdout, r.stderr[-3000:]
