@@ -317,6 +317,15 @@ class Listener:
             self._inflight += 1
         try:
             return self._receive(calling, sop_class, request_sop_uid, transfer_syntax, fragments)
+        except OSError as exc:  # the store cannot be used (its folder removed, unmounted, read-only)
+            self.refused += 1
+            log.error("listener: cannot store instance from %s in %s: %s", calling, self.store.root,
+                      exc.strerror or exc)
+            return STATUS_OUT_OF_RESOURCES
+        except Exception as exc:  # noqa: BLE001 - the sender gets a failure status, never silence
+            self.refused += 1
+            log.error("listener: instance from %s failed (%s: %s)", calling, exc.__class__.__name__, exc)
+            return STATUS_CANNOT_UNDERSTAND
         finally:
             with self._idle:
                 self._inflight -= 1

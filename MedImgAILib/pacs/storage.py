@@ -468,6 +468,8 @@ class InstanceStore:
         flushes when durable; returns None."""
         journal = self.journal
         if self.durable and journal is not None:
+            if os.fstat(journal.fd).st_nlink == 0:  # removed under us: a flush into it keeps nothing
+                raise OSError(errno.ENOENT, f"the store's journal {journal.path} was removed; restart the listener")
             relpath = self._relpath(path)
             if journal.fits(relpath, sum(len(p) for p in parts)):
                 return journal.append(relpath, parts)

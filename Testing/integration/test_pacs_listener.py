@@ -239,6 +239,30 @@ def test_disk_nearly_full_refuses_with_out_of_resources(study, tmp_path):
     assert not list((tmp_path / "store").rglob("*.dcm"))
 
 
+def test_store_folder_removed_under_a_running_listener_fails_each_instance_and_serves_on(study, tmp_path):
+    """The store's folder removed while the listener runs: each C-STORE gets a failure status at once
+    (it used to get no answer at all, and the sender waited for its DIMSE timeout). A folder made
+    again by hand does not bring the removed journal back: instances stay refused (never acknowledged
+    into a file that is gone) until the listener is restarted, which then stores them."""
+    import shutil
+
+    s = PacsSettings()
+    with Listener(_listener(tmp_path)) as lst:
+        node = s.node(f"LISTENER@127.0.0.1:{lst.port}")
+        shutil.rmtree(tmp_path / "store")
+        t0 = time.monotonic()
+        res = client.store(node, s, study["files"][:2])
+        assert time.monotonic() - t0 < 10
+        assert res.sent == 0 and res.failed == 2 and all("0xA700" in e for e in res.errors), res.errors
+        (tmp_path / "store").mkdir()
+        res = client.store(node, s, study["files"][:1])
+        assert res.sent == 0 and res.failed == 1, res.errors
+    with Listener(_listener(tmp_path)) as lst:
+        res = client.store(s.node(f"LISTENER@127.0.0.1:{lst.port}"), s, study["files"][:2])
+        assert res.sent == 2, res.errors
+    assert len(list((tmp_path / "store").rglob("*.dcm"))) == 2
+
+
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
 @pytest.mark.parametrize("field,value", [
     ("StudyInstanceUID", "../../../escaped"),
