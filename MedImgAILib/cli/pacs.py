@@ -13,7 +13,9 @@ import logging
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+TYPE_CHECKING = False  # typing is not imported at run time (start-up of `pacs get`, see docs/pacs.md)
+if TYPE_CHECKING:
+    from typing import Any
 
 from ..pacs.quicksettings import quick_settings
 
@@ -89,7 +91,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             g.add_argument("--port", type=int, default=None, help="port of the temporary listener (with --out)")
             g.add_argument("--host", default="127.0.0.1", help="address of the temporary listener")
         _common(g)
-        g.set_defaults(func=cmd_retrieve, method=method)
+        # `get` returns only when every instance is durable (or the run failed), output printed: the
+        # process may end without the interpreter's teardown (cli.run)
+        g.set_defaults(func=cmd_retrieve, method=method, exit_fast=method == "get")
 
     s = ps.add_parser("store", help="C-STORE files or directories")
     s.add_argument("node")

@@ -348,3 +348,23 @@ def test_placing_from_the_journal_copies_the_instance(tmp_path):
     assert path.read_bytes() == raw
     store.close()
     assert InstanceStore(tmp_path).open_journal(4 << 20) == 0
+
+
+def test_cli_run_fast_exit_flushes_output_and_keeps_the_status():
+    """`python -m MedImgAILib` ends a command that declared ``exit_fast`` (`pacs get`) with
+    os._exit, skipping the interpreter's teardown: what it printed must still all arrive (stdout is
+    a pipe here: block-buffered), and its exit status must be kept."""
+    import subprocess
+    import sys
+
+    from Testing.conftest import REPO
+
+    code = ("import MedImgAILib.cli as c\n"
+            "def main():\n"
+            "    print('x' * 100000)\n"
+            "    c._exit_fast = True\n"
+            "    return 1\n"
+            "c.main = main\n"
+            "c.run()\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout) == (1, "x" * 100000 + "\n")
