@@ -6,6 +6,7 @@ import os
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
+
 TYPE_CHECKING = False  # typing is not imported at run time (start-up of `pacs get`, see docs/pacs.md)
 if TYPE_CHECKING:
     from typing import IO, Any, Iterable, Iterator
