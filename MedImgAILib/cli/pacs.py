@@ -153,6 +153,7 @@ def _progress(args: argparse.Namespace):  # noqa: ANN202 - a callback or None
         bar.n = done
         bar.refresh()
 
+    update.close = bar.close  # type: ignore[attr-defined]  # cmd_retrieve closes it (no teardown does: cli.run)
     return update
 
 
@@ -161,6 +162,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     node = s.node(args.node)
     cancel = threading.Event()
     box: dict[str, Any] = {}
+    progress = _progress(args)
 
     def run() -> None:
         try:
@@ -168,13 +170,13 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
                 from ..pacs.listener import move_into
 
                 box["result"] = move_into(node, s, args.study_uid, args.out, series_uids=args.series,
-                                          port=args.port, host=args.host, on_progress=_progress(args), cancel=cancel)
+                                          port=args.port, host=args.host, on_progress=progress, cancel=cancel)
             elif args.method == "get" and node.tls is None:  # the lean requestor: no pynetdicom import
                 from ..pacs import retrieval
 
                 box["result"] = retrieval.get(
                     node, s, args.study_uid, args.out or Path("."), series_uids=args.series, parallel=args.parallel,
-                    on_progress=_progress(args), cancel=cancel,
+                    on_progress=progress, cancel=cancel,
                 )
             else:
                 from ..pacs import client
@@ -182,7 +184,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
                 box["result"] = client.retrieve(
                     node, s, args.study_uid, args.out or Path("."), series_uids=args.series, method=args.method,
                     move_destination=getattr(args, "dest", None) or s.local_aet, parallel=args.parallel,
-                    on_progress=_progress(args), cancel=cancel,
+                    on_progress=progress, cancel=cancel,
                 )
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
             box["error"] = exc
@@ -195,6 +197,8 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # Ctrl-C: C-CANCEL, then report what arrived
         cancel.set()
         worker.join()
+    if progress is not None:
+        progress.close()  # type: ignore[attr-defined]
     if "error" in box:
         raise box["error"]
     result = box["result"]
