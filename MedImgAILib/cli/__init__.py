@@ -31,9 +31,10 @@ def _command_modules() -> list[str]:
     return [n for n in COMMAND_ORDER if n in found] + sorted(found - set(COMMAND_ORDER))
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+def build_parser(only: str | None = None, action: str | None = None) -> argparse.ArgumentParser:
     """The whole command line, or with ``only`` just the command module of that name (a command's
-    start-up then does not import every other command's dependencies: ~0.1-0.5 s)."""
+    start-up then does not import every other command's dependencies: ~0.1-0.5 s), and with
+    ``action`` just that action's parser where the module lists its actions in ``ACTIONS``."""
     parser = argparse.ArgumentParser(prog="medimgai", description="MedImgAI: imaging AI in the radiology department")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -43,7 +44,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     for name in [only] if only in names else names:
         module = importlib.import_module(f"{__name__}.{name}")
         if hasattr(module, "register"):
-            module.register(sub)
+            if action is not None and action in getattr(module, "ACTIONS", ()):
+                module.register(sub, only=action)
+            else:
+                module.register(sub)
     parser.commands = sub.choices  # type: ignore[attr-defined]  # command name -> its parser
     return parser
 
@@ -56,8 +60,9 @@ _exit_fast = False
 def main(argv: Sequence[str] | None = None) -> int:
     global _exit_fast
     argv = list(sys.argv[1:] if argv is None else argv)
-    command = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(only=command)
+    words = [a for a in argv if not a.startswith("-")]
+    command = words[0] if words else None
+    parser = build_parser(only=command, action=words[1] if len(words) > 1 else None)
     if command not in parser.commands:  # type: ignore[attr-defined]
         parser = build_parser()  # not a module's own name: the full parser (and its error message)
     args = parser.parse_args(argv)

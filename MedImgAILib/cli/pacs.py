@@ -59,16 +59,28 @@ def _emit(args: argparse.Namespace, obj: Any, text: str) -> None:
     print(json.dumps(obj, indent=None if args.json else 2) if args.json else text)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+#: the actions of `medimgai pacs`; with one of them named, only its parser is built (cli.build_parser)
+ACTIONS = ("echo", "find", "get", "move", "store", "serve")
+
+
+def register(sub: argparse._SubParsersAction, only: str | None = None) -> None:
+    """The `pacs` command and its actions; with ``only`` (one of :data:`ACTIONS`) just that action's
+    parser: building all six with argparse cost ~6 ms of `pacs get`'s start-up here."""
     p = sub.add_parser("pacs", help="query, retrieve from and send to a PACS (DICOM DIMSE)")
     ps = p.add_subparsers(dest="pacs_command", metavar="ACTION")
     ps.required = True
+    for action in [only] if only in ACTIONS else ACTIONS:
+        _ADD[action](ps)
 
+
+def _add_echo(ps: argparse._SubParsersAction) -> None:
     e = ps.add_parser("echo", help="C-ECHO a node")
     e.add_argument("node")
     _common(e)
     e.set_defaults(func=cmd_echo)
 
+
+def _add_find(ps: argparse._SubParsersAction) -> None:
     f = ps.add_parser("find", help="C-FIND studies/series/images/patients")
     f.add_argument("node")
     f.add_argument("--level", choices=LEVELS, default="study")
@@ -78,34 +90,46 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(f)
     f.set_defaults(func=cmd_find)
 
-    for name, method in (("get", "get"), ("move", "move")):
-        g = ps.add_parser(name, help=f"retrieve a study (or series) with C-{name.upper()}")
-        g.add_argument("node")
-        g.add_argument("study_uid")
-        g.add_argument("--series", action="append", default=[], metavar="UID", help="only this series (repeatable)")
-        g.add_argument("--out", required=(method == "get"), type=Path, help="store directory (study/series/sop.dcm)")
-        g.add_argument("--parallel", type=int, help="associations in parallel (default: the node's, 1)")
-        if method == "move":
-            g.add_argument("--dest", metavar="AET", help="C-MOVE destination the PACS knows (default: our AE; with "
-                           "--out a temporary listener receives on --port)")
-            g.add_argument("--port", type=int, default=None, help="port of the temporary listener (with --out)")
-            g.add_argument("--host", default="127.0.0.1", help="address of the temporary listener")
-        _common(g)
-        # `get` returns only when every instance is durable (or the run failed), output printed: the
-        # process may end without the interpreter's teardown (cli.run)
-        g.set_defaults(func=cmd_retrieve, method=method, exit_fast=method == "get")
 
+def _add_retrieve(ps: argparse._SubParsersAction, method: str) -> None:
+    name = method
+    g = ps.add_parser(name, help=f"retrieve a study (or series) with C-{name.upper()}")
+    g.add_argument("node")
+    g.add_argument("study_uid")
+    g.add_argument("--series", action="append", default=[], metavar="UID", help="only this series (repeatable)")
+    g.add_argument("--out", required=(method == "get"), type=Path, help="store directory (study/series/sop.dcm)")
+    g.add_argument("--parallel", type=int, help="associations in parallel (default: the node's, 1)")
+    if method == "move":
+        g.add_argument("--dest", metavar="AET", help="C-MOVE destination the PACS knows (default: our AE; with "
+                       "--out a temporary listener receives on --port)")
+        g.add_argument("--port", type=int, default=None, help="port of the temporary listener (with --out)")
+        g.add_argument("--host", default="127.0.0.1", help="address of the temporary listener")
+    _common(g)
+    # `get` returns only when every instance is durable (or the run failed), output printed: the
+    # process may end without the interpreter's teardown (cli.run)
+    g.set_defaults(func=cmd_retrieve, method=method, exit_fast=method == "get")
+
+
+def _add_store(ps: argparse._SubParsersAction) -> None:
     s = ps.add_parser("store", help="C-STORE files or directories")
     s.add_argument("node")
     s.add_argument("paths", nargs="+", metavar="FILES_OR_DIRS")
     _common(s)
     s.set_defaults(func=cmd_store)
 
+
+def _add_serve(ps: argparse._SubParsersAction) -> None:
     v = ps.add_parser("serve", help="run the embedded PACS (query/retrieve + storage) until SIGTERM")
     from .listen import add_listener_args
 
     add_listener_args(v)
     v.set_defaults(func=_serve)
+
+
+_ADD = {
+    "echo": _add_echo, "find": _add_find, "get": lambda ps: _add_retrieve(ps, "get"),
+    "move": lambda ps: _add_retrieve(ps, "move"), "store": _add_store, "serve": _add_serve,
+}
 
 
 def _serve(args: argparse.Namespace) -> int:
