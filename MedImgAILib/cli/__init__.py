@@ -10,11 +10,12 @@ import importlib.util
 import logging
 import os
 import sys
+
+from ..errors import MedImgAIError
+
 TYPE_CHECKING = False  # typing is not imported at run time (start-up of `pacs get`, see docs/pacs.md)
 if TYPE_CHECKING:
     from typing import NoReturn, Sequence
-
-from ..errors import MedImgAIError
 
 #: command modules in the order their commands appear in ``--help``; any other module in this package
 #: with a ``register(sub)`` function is added after them

@@ -13,11 +13,12 @@ import logging
 import sys
 import threading
 from pathlib import Path
+
+from ..pacs.quicksettings import quick_settings
+
 TYPE_CHECKING = False  # typing is not imported at run time (start-up of `pacs get`, see docs/pacs.md)
 if TYPE_CHECKING:
     from typing import Any
-
-from ..pacs.quicksettings import quick_settings
 
 # The pynetdicom-based client is imported by the commands that use it, not here: `pacs get` runs on
 # the lean requestor and its start-up must not pay for pynetdicom (~0.4 s). See docs/pacs.md.

@@ -7,6 +7,7 @@ requestor (.retrieval, .dimse), and importing pynetdicom for it would cost ~0.4 
 from __future__ import annotations
 
 import importlib
+
 TYPE_CHECKING = False  # typing is not imported at run time (start-up of `pacs get`, see docs/pacs.md)
 if TYPE_CHECKING:
     from typing import Any

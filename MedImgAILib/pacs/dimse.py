@@ -18,10 +18,11 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+from collections.abc import Callable
+
 TYPE_CHECKING = False  # typing is not imported at run time (start-up of `pacs get`, see docs/pacs.md)
 if TYPE_CHECKING:
     from typing import Iterable, Sequence
-from collections.abc import Callable
 
 # --- UIDs (literal here so that this module needs no pydicom/pynetdicom; a unit test holds them
 # equal to pynetdicom's) ----------------------------------------------------------------------------

@@ -23,15 +23,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
-TYPE_CHECKING = False  # typing is not imported at run time (start-up of `pacs get`, see docs/pacs.md)
-if TYPE_CHECKING:
-    from typing import Any, Sequence
 from collections.abc import Callable
+from pathlib import Path
 
 from . import dimse
 from .errors import AssociationRejectedError, PacsConnectionError, PacsOperationError, PacsTimeoutError
 from .storage import InstanceStore, UnsafeUidError, Writeback, flush_filesystem
+
+TYPE_CHECKING = False  # typing is not imported at run time (start-up of `pacs get`, see docs/pacs.md)
+if TYPE_CHECKING:
+    from typing import Any, Sequence
 
 log = logging.getLogger(__name__)
 
