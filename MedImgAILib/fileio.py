@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator
+
+TYPE_CHECKING = False  # typing is not imported at run time (start-up of `pacs get`, see docs/pacs.md)
+if TYPE_CHECKING:
+    from typing import IO, Any, Iterable, Iterator
 
 #: set inside :func:`deferred_durability`: atomic outputs skip their own fsync
 _deferred: ContextVar[bool] = ContextVar("medimgai_deferred_durability", default=False)
@@ -17,6 +19,8 @@ _deferred: ContextVar[bool] = ContextVar("medimgai_deferred_durability", default
 def atomic_output(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
     """A file open on a temporary name in ``path``'s folder; on a clean exit it is flushed to disk and
     renamed to ``path``, on any error removed. Readers see the old file or the complete new one."""
+    import tempfile  # here: `pacs get` imports this module and never needs it (random, hashlib: ~2 ms)
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
@@ -73,13 +77,26 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+_LIBC: object = None
+
+
+def libc_handle() -> object:
+    """The C library through ctypes (for ``syncfs``), loaded once. A caller that flushes at the end
+    of timed work may call this early from a background thread so the import (~2-5 ms) is not on
+    the way to the result."""
+    global _LIBC
+    if _LIBC is None:
+        import ctypes
+
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    return _LIBC
+
+
 def flush_filesystem(root: str | os.PathLike[str], paths: Iterable[str | os.PathLike[str]] = ()) -> None:
     """Make everything written under ``root`` durable with one call: ``syncfs(2)`` on its filesystem
     (Linux), else an fsync of each of ``paths`` and of their folders."""
     try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
+        libc = libc_handle()
         fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
         try:
             if libc.syncfs(fd) == 0:

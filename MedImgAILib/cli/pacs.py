@@ -13,9 +13,12 @@ import logging
 import sys
 import threading
 from pathlib import Path
-from typing import Any
 
 from ..pacs.quicksettings import quick_settings
+
+TYPE_CHECKING = False  # typing is not imported at run time (start-up of `pacs get`, see docs/pacs.md)
+if TYPE_CHECKING:
+    from typing import Any
 
 # The pynetdicom-based client is imported by the commands that use it, not here: `pacs get` runs on
 # the lean requestor and its start-up must not pay for pynetdicom (~0.4 s). See docs/pacs.md.
@@ -57,16 +60,28 @@ def _emit(args: argparse.Namespace, obj: Any, text: str) -> None:
     print(json.dumps(obj, indent=None if args.json else 2) if args.json else text)
 
 
-def register(sub: argparse._SubParsersAction) -> None:
+#: the actions of `medimgai pacs`; with one of them named, only its parser is built (cli.build_parser)
+ACTIONS = ("echo", "find", "get", "move", "store", "serve")
+
+
+def register(sub: argparse._SubParsersAction, only: str | None = None) -> None:
+    """The `pacs` command and its actions; with ``only`` (one of :data:`ACTIONS`) just that action's
+    parser: building all six with argparse cost ~6 ms of `pacs get`'s start-up here."""
     p = sub.add_parser("pacs", help="query, retrieve from and send to a PACS (DICOM DIMSE)")
     ps = p.add_subparsers(dest="pacs_command", metavar="ACTION")
     ps.required = True
+    for action in [only] if only in ACTIONS else ACTIONS:
+        _ADD[action](ps)
 
+
+def _add_echo(ps: argparse._SubParsersAction) -> None:
     e = ps.add_parser("echo", help="C-ECHO a node")
     e.add_argument("node")
     _common(e)
     e.set_defaults(func=cmd_echo)
 
+
+def _add_find(ps: argparse._SubParsersAction) -> None:
     f = ps.add_parser("find", help="C-FIND studies/series/images/patients")
     f.add_argument("node")
     f.add_argument("--level", choices=LEVELS, default="study")
@@ -76,32 +91,46 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(f)
     f.set_defaults(func=cmd_find)
 
-    for name, method in (("get", "get"), ("move", "move")):
-        g = ps.add_parser(name, help=f"retrieve a study (or series) with C-{name.upper()}")
-        g.add_argument("node")
-        g.add_argument("study_uid")
-        g.add_argument("--series", action="append", default=[], metavar="UID", help="only this series (repeatable)")
-        g.add_argument("--out", required=(method == "get"), type=Path, help="store directory (study/series/sop.dcm)")
-        g.add_argument("--parallel", type=int, help="associations in parallel (default: the node's, 1)")
-        if method == "move":
-            g.add_argument("--dest", metavar="AET", help="C-MOVE destination the PACS knows (default: our AE; with "
-                           "--out a temporary listener receives on --port)")
-            g.add_argument("--port", type=int, default=None, help="port of the temporary listener (with --out)")
-            g.add_argument("--host", default="127.0.0.1", help="address of the temporary listener")
-        _common(g)
-        g.set_defaults(func=cmd_retrieve, method=method)
 
+def _add_retrieve(ps: argparse._SubParsersAction, method: str) -> None:
+    name = method
+    g = ps.add_parser(name, help=f"retrieve a study (or series) with C-{name.upper()}")
+    g.add_argument("node")
+    g.add_argument("study_uid")
+    g.add_argument("--series", action="append", default=[], metavar="UID", help="only this series (repeatable)")
+    g.add_argument("--out", required=(method == "get"), type=Path, help="store directory (study/series/sop.dcm)")
+    g.add_argument("--parallel", type=int, help="associations in parallel (default: the node's, 1)")
+    if method == "move":
+        g.add_argument("--dest", metavar="AET", help="C-MOVE destination the PACS knows (default: our AE; with "
+                       "--out a temporary listener receives on --port)")
+        g.add_argument("--port", type=int, default=None, help="port of the temporary listener (with --out)")
+        g.add_argument("--host", default="127.0.0.1", help="address of the temporary listener")
+    _common(g)
+    # `get` returns only when every instance is durable (or the run failed), output printed: the
+    # process may end without the interpreter's teardown (cli.run)
+    g.set_defaults(func=cmd_retrieve, method=method, exit_fast=method == "get")
+
+
+def _add_store(ps: argparse._SubParsersAction) -> None:
     s = ps.add_parser("store", help="C-STORE files or directories")
     s.add_argument("node")
     s.add_argument("paths", nargs="+", metavar="FILES_OR_DIRS")
     _common(s)
     s.set_defaults(func=cmd_store)
 
+
+def _add_serve(ps: argparse._SubParsersAction) -> None:
     v = ps.add_parser("serve", help="run the embedded PACS (query/retrieve + storage) until SIGTERM")
     from .listen import add_listener_args
 
     add_listener_args(v)
     v.set_defaults(func=_serve)
+
+
+_ADD = {
+    "echo": _add_echo, "find": _add_find, "get": lambda ps: _add_retrieve(ps, "get"),
+    "move": lambda ps: _add_retrieve(ps, "move"), "store": _add_store, "serve": _add_serve,
+}
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -149,6 +178,7 @@ def _progress(args: argparse.Namespace):  # noqa: ANN202 - a callback or None
         bar.n = done
         bar.refresh()
 
+    update.close = bar.close  # type: ignore[attr-defined]  # cmd_retrieve closes it (no teardown does: cli.run)
     return update
 
 
@@ -157,6 +187,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     node = s.node(args.node)
     cancel = threading.Event()
     box: dict[str, Any] = {}
+    progress = _progress(args)
 
     def run() -> None:
         try:
@@ -164,13 +195,13 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
                 from ..pacs.listener import move_into
 
                 box["result"] = move_into(node, s, args.study_uid, args.out, series_uids=args.series,
-                                          port=args.port, host=args.host, on_progress=_progress(args), cancel=cancel)
+                                          port=args.port, host=args.host, on_progress=progress, cancel=cancel)
             elif args.method == "get" and node.tls is None:  # the lean requestor: no pynetdicom import
                 from ..pacs import retrieval
 
                 box["result"] = retrieval.get(
                     node, s, args.study_uid, args.out or Path("."), series_uids=args.series, parallel=args.parallel,
-                    on_progress=_progress(args), cancel=cancel,
+                    on_progress=progress, cancel=cancel,
                 )
             else:
                 from ..pacs import client
@@ -178,7 +209,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
                 box["result"] = client.retrieve(
                     node, s, args.study_uid, args.out or Path("."), series_uids=args.series, method=args.method,
                     move_destination=getattr(args, "dest", None) or s.local_aet, parallel=args.parallel,
-                    on_progress=_progress(args), cancel=cancel,
+                    on_progress=progress, cancel=cancel,
                 )
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
             box["error"] = exc
@@ -191,6 +222,8 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # Ctrl-C: C-CANCEL, then report what arrived
         cancel.set()
         worker.join()
+    if progress is not None:
+        progress.close()  # type: ignore[attr-defined]
     if "error" in box:
         raise box["error"]
     result = box["result"]

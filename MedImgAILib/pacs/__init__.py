@@ -7,7 +7,10 @@ requestor (.retrieval, .dimse), and importing pynetdicom for it would cost ~0.4 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+
+TYPE_CHECKING = False  # typing is not imported at run time (start-up of `pacs get`, see docs/pacs.md)
+if TYPE_CHECKING:
+    from typing import Any
 
 _WHERE = {
     "RetrieveResult": "retrieval", "StoreResult": "client", "echo": "client", "find": "client",

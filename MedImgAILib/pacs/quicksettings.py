@@ -2,18 +2,18 @@
 
 Why: importing pydantic and building the settings models costs ~0.2 s of CPU, more than the whole
 retrieval of a 200-image CT here. With no settings file there is nothing to validate but an inline
-``AET@host:port``, so `medimgai pacs get` uses these plain frozen dataclasses, which carry the same
-names and defaults as :class:`MedImgAILib.pacs.settings.PacsSettings` (a unit test holds every
-default equal). With a settings file the pydantic models validate it as before.
+``AET@host:port``, so `medimgai pacs get` uses these plain classes, which carry the same names and
+defaults as :class:`MedImgAILib.pacs.settings.PacsSettings` (a unit test holds every default equal).
+With a settings file the pydantic models validate it as before. (Plain classes, not dataclasses:
+``dataclasses`` imports ``inspect``, and with building the classes that cost ~10 ms of the command's
+start-up here.)
 """
 
 from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .errors import PacsSettingsError
 
@@ -43,33 +43,33 @@ def parse_inline(spec: str) -> tuple[str, str, int] | None:
     return validate_aet(m["aet"]), m["host"].strip("[]"), port
 
 
-@dataclass(frozen=True)
 class QuickTimeouts:
-    connection: float | None = 10.0
-    acse: float | None = 30.0
-    dimse: float | None = 60.0
-    network: float | None = 120.0
+    def __init__(self, connection: float | None = 10.0, acse: float | None = 30.0, dimse: float | None = 60.0,
+                 network: float | None = 120.0) -> None:
+        self.connection, self.acse, self.dimse, self.network = connection, acse, dimse, network
+
+    def __repr__(self) -> str:
+        return f"QuickTimeouts({vars(self)})"
 
 
-@dataclass(frozen=True)
 class QuickNode:
-    aet: str
-    host: str
-    port: int
-    tls: Any = None
-    retrieve: str = "get"
-    parallel: int = 1
-    name: str = ""
+    def __init__(self, aet: str, host: str, port: int, name: str = "") -> None:
+        self.aet, self.host, self.port, self.name = aet, host, port, name
+        self.tls = None
+        self.retrieve = "get"
+        self.parallel = 1
 
     def __str__(self) -> str:
         return f"{self.aet}@{self.host}:{self.port}"
 
+    __repr__ = __str__
 
-@dataclass(frozen=True)
+
 class QuickSettings:
-    local_aet: str = "MEDIMGAI"
-    timeouts: QuickTimeouts = field(default_factory=QuickTimeouts)
-    max_pdu: int = 4 * 1024 * 1024
+    def __init__(self, local_aet: str = "MEDIMGAI") -> None:
+        self.local_aet = local_aet
+        self.timeouts = QuickTimeouts()
+        self.max_pdu = 4 * 1024 * 1024
 
     def node(self, spec: str) -> QuickNode:
         parsed = parse_inline(spec)

@@ -23,13 +23,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Sequence
 
 from . import dimse
 from .errors import AssociationRejectedError, PacsConnectionError, PacsOperationError, PacsTimeoutError
 from .storage import InstanceStore, UnsafeUidError, Writeback, flush_filesystem
+
+TYPE_CHECKING = False  # typing is not imported at run time (start-up of `pacs get`, see docs/pacs.md)
+if TYPE_CHECKING:
+    from typing import Any, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -41,23 +44,24 @@ MIN_PER_ASSOCIATION = 16
 EARLY_WRITEBACK = True
 
 
-@dataclass
 class RetrieveResult:
-    """Outcome of one retrieval. ``complete`` only when every expected instance is on disk."""
+    """Outcome of one retrieval. ``complete`` only when every expected instance is on disk. (A plain
+    class, as the others on this path: `pacs get` does not import ``dataclasses``/``inspect``.)"""
 
-    study_uid: str
-    out_dir: Path
-    expected: int = 0
-    received: int = 0
-    failed: int = 0
-    warnings: int = 0
-    seconds: float = 0.0
-    cancelled: bool = False
-    complete: bool = False
-    associations: int = 1
-    method: str = "get"
-    errors: list[str] = field(default_factory=list)
-    paths: list[Path] = field(default_factory=list)
+    def __init__(self, study_uid: str, out_dir: Path, expected: int = 0, method: str = "get") -> None:
+        self.study_uid = study_uid
+        self.out_dir = out_dir
+        self.expected = expected
+        self.method = method
+        self.received = self.failed = self.warnings = 0
+        self.seconds = 0.0
+        self.cancelled = self.complete = False
+        self.associations = 1
+        self.errors: list[str] = []
+        self.paths: list[Path] = []
+
+    def __repr__(self) -> str:
+        return f"RetrieveResult({self.as_json()})"
 
     def as_json(self) -> dict[str, Any]:
         rate = self.received / self.seconds if self.seconds > 0 else 0.0
@@ -98,14 +102,14 @@ class Progress:
             self.local_failures += 1
 
 
-@dataclass
 class Outcome:
-    completed: int = 0
-    failed: int = 0
-    warnings: int = 0
-    final_status: int | None = None
-    error: str = ""
-    cancelled: bool = False
+    """How one association's retrieval ended."""
+
+    def __init__(self) -> None:
+        self.completed = self.failed = self.warnings = 0
+        self.final_status: int | None = None
+        self.error = ""
+        self.cancelled = False
 
 
 # --- associations ----------------------------------------------------------------------------------

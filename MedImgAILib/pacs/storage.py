@@ -18,14 +18,14 @@ import shutil
 import struct
 import threading
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
-
-from ..fileio import flush_filesystem, fsync_dir  # noqa: F401 - the pacs modules take them from here
+from ..fileio import flush_filesystem, fsync_dir, libc_handle  # noqa: F401 - the pacs modules take them from here
 from .errors import UnsafeUidError
 
+TYPE_CHECKING = False  # typing is not imported at run time (start-up of `pacs get`, see docs/pacs.md)
 if TYPE_CHECKING:  # pydicom is imported where it is used: `pacs get` never needs it (start-up time)
+    from typing import Any, Callable, Iterable, Iterator, Sequence
+
     from pydicom.dataset import Dataset
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,10 @@ class Writeback:
         self._queue.put(batch)
 
     def _run(self) -> None:
+        try:  # the final flush needs ctypes: load it now, while the retrieval waits on the network
+            libc_handle()
+        except OSError:
+            pass
         while (batch := self._queue.get()) is not None:
             for path in batch:
                 try:
@@ -397,11 +401,25 @@ CATALOG_KEYWORDS: tuple[str, ...] = (
 )
 
 
-@dataclass
 class InstanceRecord:
-    path: Path
-    attrs: dict[str, str]
-    transfer_syntax: str = ""
+    # (plain classes here, not dataclasses: `pacs get` imports this module, and ``dataclasses``
+    # brings ``inspect`` in: ~10 ms of start-up with the other classes on that path)
+    __slots__ = ("path", "attrs", "transfer_syntax")
+
+    def __init__(self, path: Path, attrs: dict[str, str], transfer_syntax: str = "") -> None:
+        self.path = path
+        self.attrs = attrs
+        self.transfer_syntax = transfer_syntax
+
+    def __repr__(self) -> str:
+        return f"InstanceRecord({self.path!s}, {len(self.attrs)} attributes, {self.transfer_syntax!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, InstanceRecord):
+            return NotImplemented
+        return (self.path, self.attrs, self.transfer_syntax) == (other.path, other.attrs, other.transfer_syntax)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass was
 
     @property
     def sop_uid(self) -> str:
@@ -419,23 +437,23 @@ def record_from_dataset(path: Path, ds: Dataset, transfer_syntax: str = "") -> I
     return InstanceRecord(Path(path), attrs, transfer_syntax)
 
 
-@dataclass
 class InstanceStore:
     """The on-disk store plus an in-memory catalog of what it holds (rebuilt by :meth:`scan`)."""
 
-    root: Path
-    durable: bool = True
-    #: durability through a write-ahead :class:`Journal` (one flush per instance) instead of two
-    #: flushes per file; see :meth:`open_journal`
-    journal: Journal | None = field(default=None, repr=False)
-    _by_sop: dict[str, InstanceRecord] = field(default_factory=dict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _dirs: set[Path] = field(default_factory=set, repr=False)  # directories known to exist (durably)
-    _made: set[Path] = field(default_factory=set, repr=False)  # directories made (durable at a checkpoint)
-
-    def __post_init__(self) -> None:
-        self.root = Path(self.root).expanduser().resolve()
+    def __init__(self, root: Path | str, durable: bool = True, journal: Journal | None = None) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.durable = durable
+        #: durability through a write-ahead :class:`Journal` (one flush per instance) instead of two
+        #: flushes per file; see :meth:`open_journal`
+        self.journal = journal
+        self._by_sop: dict[str, InstanceRecord] = {}
+        self._lock = threading.Lock()
+        self._dirs: set[Path] = set()  # directories known to exist (durably)
+        self._made: set[Path] = set()  # directories made (durable at a checkpoint)
         self.root.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"InstanceStore(root={self.root!s}, durable={self.durable})"
 
     # -- paths ----------------------------------------------------------------------------------
     def path_for(self, study_uid: object, series_uid: object, sop_uid: object) -> Path:

@@ -37,6 +37,7 @@ from .dimse import (  # noqa: F401 - re-exported: the listener and the tests use
     part10_head,
     pdata_pdu,
     recv_exact,
+    recv_into_exact,
     store_response,
 )
 from .dimse import uid_text as _uid
@@ -117,8 +118,13 @@ class _Wire:
             raise self._timed_out()
 
     def _read_exact(self, n: int) -> bytearray:
+        buf = bytearray(n)
+        self._fill(memoryview(buf))
+        return buf
+
+    def _fill(self, view: memoryview) -> None:
         try:
-            return recv_exact(self.sock, n, self._wait_readable)
+            recv_into_exact(self.sock, view, self._wait_readable)
         except socket.timeout:
             raise self._timed_out() from None
         except EOFError:
@@ -148,11 +154,9 @@ class _Wire:
                 raise self._timed_out()
             time.sleep(0.0002)  # part of it is there: the rest is on its way
 
-    def _read_any_pdu(self) -> tuple[int, memoryview]:
-        header = self._read_exact(6)
-        (length,) = struct.unpack_from(">I", header, 2)
-        return header[0], memoryview(self._read_exact(length))
 
+#: a receive buffer grown beyond this for one instance is not kept for the next
+_KEEP_BUFFER = 64 * 1024 * 1024
 
 #: called with (context_id, sop_class_uid, sop_instance_uid, dataset fragments); returns a status
 StoreHandler = Callable[[int, str, str, list[memoryview]], int]
@@ -174,46 +178,69 @@ class SyncStoreSCP(_Wire):
         """``after_response`` runs after each C-STORE-RSP has left: work that is no part of what the
         status promises overlaps with the sender preparing its next instance."""
         served = 0
+        message = bytearray(1 << 20)  # the dataset of the C-STORE being received; reused, grown as needed
         while not stop():
             if not self._idle_until_data(stop) or not self._next_is_store_request():
                 return served
             try:  # from here on the message is being consumed: any failure leaves the association out of step
-                cmd: dict[int, bytes] | None = None
-                cmd_cx = 0
-                fragments: list[memoryview] = []
-                finished = False
-                while not finished:
-                    # no peek first: anything but P-DATA in the middle of a message (abort, release)
-                    # ends the exchange, and the association is aborted either way
-                    kind, body = self._read_any_pdu()
-                    if kind != 0x04:
-                        raise SyncGetError("peer ended the association during a C-STORE")
-                    off, length = 0, len(body)
-                    while off + 6 <= length and not finished:
-                        (item_len,) = struct.unpack_from(">I", body, off)
-                        context_id, control = body[off + 4], body[off + 5]
-                        data = body[off + 6:off + 4 + item_len]
-                        off += 4 + item_len
-                        if control & 0x01:
-                            cmd, cmd_cx = parse_command(data), context_id
-                        else:
-                            fragments.append(data)
-                            finished = bool(control & 0x02)
-                    if off != length:  # malformed, or the next message shares this PDU: not ours to split
-                        raise SyncGetError("P-DATA-TF PDU not understood", abort=True)
-                if cmd is None:
-                    raise SyncGetError("dataset without a command", abort=True)
+                cmd, cmd_cx, message, size = self._read_store_message(message)
             except SyncGetError as exc:
                 exc.abort = True
                 raise
             sop_class = _uid(cmd.get(_AFFECTED_SOP_CLASS))
             sop_instance = _uid(cmd.get(_AFFECTED_SOP_INSTANCE))
-            status = on_store(cmd_cx, sop_class, sop_instance, fragments)
+            status = on_store(cmd_cx, sop_class, sop_instance, [memoryview(message)[:size]])
             self.sock.sendall(store_response(cmd_cx, _us(cmd.get(_MESSAGE_ID)) or 0, sop_class, sop_instance, status))
             served += 1
+            if len(message) > _KEEP_BUFFER:  # an exceptionally big instance: do not hold its memory
+                message = bytearray(1 << 20)
             if after_response is not None:
                 after_response()
         return served
+
+    def _read_store_message(self, message: bytearray) -> tuple[dict[int, bytes], int, bytearray, int]:
+        """One C-STORE-RQ: its command and its dataset, received straight into ``message`` (grown
+        if needed) at consecutive offsets — one contiguous dataset with no joining copy and no
+        buffer allocated per PDU (storescu sends a 512x512 image in ~7 PDUs). Returns (command,
+        its context ID, the buffer, the dataset's length)."""
+        cmd: dict[int, bytes] | None = None
+        cmd_cx = 0
+        size = 0
+        finished = False
+        while not finished:
+            # no peek first: anything but P-DATA in the middle of a message (abort, release) ends
+            # the exchange, and the association is aborted either way. The PDU header and its first
+            # PDV item's header come in one read (a P-DATA-TF PDU holds at least one item).
+            head = self._read_exact(12)
+            if head[0] != 0x04:
+                raise SyncGetError("peer ended the association during a C-STORE")
+            (remaining,) = struct.unpack_from(">I", head, 2)
+            item = memoryview(head)[6:]
+            while True:
+                (item_len,) = struct.unpack_from(">I", item, 0)
+                context_id, control = item[4], item[5]
+                n = item_len - 2
+                if n < 0 or item_len + 4 > remaining:
+                    raise SyncGetError("P-DATA-TF PDU not understood", abort=True)
+                remaining -= 4 + item_len
+                if control & 0x01:
+                    cmd, cmd_cx = parse_command(self._read_exact(n)), context_id
+                else:
+                    if size + n > len(message):
+                        grown = bytearray(max(2 * len(message), size + n))
+                        grown[:size] = memoryview(message)[:size]
+                        message = grown
+                    self._fill(memoryview(message)[size:size + n])
+                    size += n
+                    finished = bool(control & 0x02)
+                if remaining == 0:
+                    break
+                if finished or remaining < 6:  # the next message shares this PDU: not ours to split
+                    raise SyncGetError("P-DATA-TF PDU not understood", abort=True)
+                item = memoryview(self._read_exact(6))
+        if cmd is None:
+            raise SyncGetError("dataset without a command", abort=True)
+        return cmd, cmd_cx, message, size
 
     def _idle_until_data(self, stop: Callable[[], bool]) -> bool:
         """Wait for the next message (up to the timeout, waking twice a second to see whether the

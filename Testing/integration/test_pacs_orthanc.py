@@ -139,10 +139,11 @@ def test_parallel_retrieve_peer_killed_is_partial_then_retry_completes(fault_ort
 
 def test_get_cli_starts_without_pynetdicom_pydicom_or_pydantic(orthanc, study, in_ns, tmp_path):
     """`pacs get` runs on the lean requestor: its start-up must not pay for pynetdicom, pydicom
-    (numpy) or pydantic (~0.5 s of CPU here), and it still retrieves the whole study."""
+    (numpy) or pydantic (~0.5 s of CPU here), nor for the standard library's dataclasses/inspect,
+    typing or tempfile (~10-15 ms more), and it still retrieves the whole study."""
     code = ("import json, sys; from MedImgAILib.cli import main; rc = main(sys.argv[1:]); "
-            "print(json.dumps({'rc': rc, 'loaded': sorted(m for m in ('pynetdicom', 'pydicom', 'pydantic', 'numpy') "
-            "if m in sys.modules)}), file=sys.stderr)")
+            "print(json.dumps({'rc': rc, 'loaded': sorted(m for m in ('pynetdicom', 'pydicom', 'pydantic', 'numpy', "
+            "'dataclasses', 'inspect', 'typing', 'tempfile') if m in sys.modules)}), file=sys.stderr)")
     import subprocess
     import sys
 

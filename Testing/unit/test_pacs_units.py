@@ -348,3 +348,59 @@ def test_placing_from_the_journal_copies_the_instance(tmp_path):
     assert path.read_bytes() == raw
     store.close()
     assert InstanceStore(tmp_path).open_journal(4 << 20) == 0
+
+
+def test_cli_run_fast_exit_flushes_output_and_keeps_the_status():
+    """`python -m MedImgAILib` ends a command that declared ``exit_fast`` (`pacs get`) with
+    os._exit, skipping the interpreter's teardown: what it printed must still all arrive (stdout is
+    a pipe here: block-buffered), and its exit status must be kept."""
+    import subprocess
+    import sys
+
+    from Testing.conftest import REPO
+
+    code = ("import MedImgAILib.cli as c\n"
+            "def main():\n"
+            "    print('x' * 100000)\n"
+            "    c._exit_fast = True\n"
+            "    return 1\n"
+            "c.main = main\n"
+            "c.run()\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert (r.returncode, r.stdout) == (1, "x" * 100000 + "\n")
+
+
+def test_listener_contexts_copy_cheaply_and_independently():
+    """Each association gets a deep copy of the listener's supported contexts (pynetdicom): ours is
+    the same contexts (abstract syntax, transfer syntaxes, roles) as copy.deepcopy's, as independent
+    objects, without re-validating every UID (~100 ms per association before). Run in a child
+    process: in this test process the ~15,000 UID objects it builds and copies were followed by a
+    segfault in a later, unrelated test (test_slicer_module's ast.parse; a latent crash of the
+    shared test process, see the Testing commits on main)."""
+    import subprocess
+    import sys
+
+    from Testing.conftest import REPO
+
+    code = """
+import copy
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
+from MedImgAILib.pacs.listener import _ContextsCopiedCheaply
+
+ae = AE()
+for cx in AllStoragePresentationContexts:
+    ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES, scp_role=True, scu_role=False)
+contexts = ae.supported_contexts
+
+def shape(cxs):
+    return [(c.abstract_syntax, c.transfer_syntax, c.scu_role, c.scp_role, c.context_id) for c in cxs]
+
+cheap = copy.deepcopy(_ContextsCopiedCheaply(contexts))
+assert shape(cheap) == shape(copy.deepcopy(contexts))
+assert all(a is not b and a._transfer_syntax is not b._transfer_syntax for a, b in zip(contexts, cheap))
+cheap[0].add_transfer_syntax("1.2.3.4")
+assert "1.2.3.4" not in contexts[0].transfer_syntax
+print("ok", len(cheap))
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr[-2000:]
