@@ -81,6 +81,12 @@ class _Background:
         finally:
             self.run_s = time.perf_counter() - t0
 
+    def start(self) -> None:
+        """Start a job made with ``start=False`` on its thread (later than its creation)."""
+        if not self._started:
+            self._started = True
+            self._thread.start()
+
     def join(self) -> None:
         """Wait for a started job without taking its result (or error)."""
         if self._started:
@@ -368,24 +374,21 @@ def _analyze(source: str, opts: AnalysisOptions, run: _Run) -> AnalysisResult:
 
     # outputs
     with run.step("export", 0.88, "writing SEG, SR and key images"):
-        # the NIfTI maps (numpy + zlib, which release the GIL) are written beside the DICOM objects
         maps_job = _Background("nifti-maps", lambda: _write_maps(run.work, volume, labels_arr, instance_map),
-                               start=opts.overlap)
-        try:
-            # the work folder is made durable once, at promotion (after the send), not file by file
-            from .fileio import deferred_durability
+                               start=False)
+        # the work folder is made durable once, at promotion (after the send), not file by file
+        from .fileio import deferred_durability
 
-            with deferred_durability():
-                _export(run.work, card, volume, instance_map, result, headers_job.result() if files else files, opts)
-        except BaseException:
-            maps_job.join()  # the export's error is the one to report; the work folder goes afterwards
-            raise
+        with deferred_durability():
+            _export(run.work, card, volume, instance_map, result, headers_job.result() if files else files, opts)
         if opts.overlap:  # what ran on threads (its own duration) and how long the stage waited for it
             run.timings["export.source_headers_background"] = headers_job.run_s
             run.timings["export.source_headers_wait"] = headers_job.wait_s
-    # The NIfTI maps are for review and research, not for the PACS: their thread goes on writing while
-    # the DICOM objects are sent, and is waited for before anything is promoted (its wait counts as
-    # export time: the critical path).
+            # The NIfTI maps (for review and research, not for the PACS) are written while the DICOM
+            # objects are sent, and waited for before anything is promoted (the wait counts as export
+            # time). Not beside the DICOM export: both need the GIL between their bulk steps, and
+            # sharing it slowed the export more (0.84 s) than writing the maps costs alone (~0.1 s).
+            maps_job.start()
     try:
         if opts.send_to:
             with run.step("send", 0.95, f"sending SEG/SR to {opts.send_to}"):
