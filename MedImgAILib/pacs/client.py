@@ -671,6 +671,16 @@ class StoreResult:
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
 
+    def count(self, status: int, name: str) -> None:
+        """One C-STORE's status: sent (success or warning) or failed, with the file's name."""
+        cat = code_to_category(status)
+        if cat in ("Success", "Warning"):
+            self.sent += 1
+            self.warnings += cat == "Warning"
+        else:
+            self.failed += 1
+            self.errors.append(f"{name}: status 0x{status:04X}")
+
     def as_json(self) -> dict[str, Any]:
         return {
             "sent": self.sent, "failed": self.failed, "warnings": self.warnings, "skipped": self.skipped,
@@ -774,15 +784,7 @@ def store(
                 raise PacsTimeoutError(
                     f"{node} stopped answering C-STORE after {result.sent} of {len(items)} instances"
                 )
-            cat = code_to_category(status.Status)
-            if cat == "Success":
-                result.sent += 1
-            elif cat == "Warning":
-                result.sent += 1
-                result.warnings += 1
-            else:
-                result.failed += 1
-                result.errors.append(f"{f.name}: status 0x{status.Status:04X}")
+            result.count(status.Status, f.name)
             if on_progress:
                 on_progress(i, len(items))
     result.seconds = time.perf_counter() - t0

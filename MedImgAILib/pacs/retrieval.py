@@ -27,7 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import dimse
-from .errors import AssociationRejectedError, PacsConnectionError, PacsOperationError, PacsTimeoutError
+from .errors import AssociationRejectedError, PacsConnectionError, PacsOperationError, PacsTimeoutError, association_error
 from .storage import InstanceStore, UnsafeUidError, Writeback, flush_filesystem
 
 TYPE_CHECKING = False  # typing is not imported at run time (start-up of `pacs get`, see docs/pacs.md)
@@ -129,18 +129,7 @@ def _connect(node: Any, settings: Any, storage_classes: Sequence[str]) -> dimse.
                              max_pdu=settings.max_pdu, connection_timeout=t.connection, acse_timeout=t.acse,
                              dimse_timeout=t.dimse, peer=str(node))
     except dimse.DimseError as exc:
-        if exc.kind == "rejected":
-            if exc.reason == "reason not received":
-                raise AssociationRejectedError(
-                    f"{node} ended the association request from calling AE {settings.local_aet!r} to called AE "
-                    f"{node.aet!r} without accepting it (rejected, reason not received): check the called AE "
-                    f"title and that {node} allows calling AE {settings.local_aet!r}") from None
-            raise AssociationRejectedError(
-                f"{node} rejected association from calling AE {settings.local_aet!r} to called AE "
-                f"{node.aet!r}: {exc.reason}") from None
-        if exc.kind == "timeout":
-            raise PacsTimeoutError(str(exc)) from None
-        raise PacsConnectionError(str(exc)) from None
+        raise association_error(node, settings.local_aet, exc) from None
 
 
 def _find(node: Any, assoc: dimse.Association, identifier: bytes) -> list[memoryview]:

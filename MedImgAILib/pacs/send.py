@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import dimse
-from .errors import AssociationRejectedError, PacsConnectionError, PacsOperationError, PacsTimeoutError
+from .errors import PacsConnectionError, PacsOperationError, PacsTimeoutError, association_error
 
 #: explicit VR little endian VRs with a 4-byte length (and 2 reserved bytes) in the File Meta group
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
@@ -86,22 +86,6 @@ def c_store(assoc: dimse.Association, context_id: int, sop_class: str, sop_insta
     return 0xC000 if status is None else status
 
 
-def connection_error(node: Any, settings: Any, exc: dimse.DimseError) -> Exception:
-    """The PACS stage's error for a failed association request, naming the AEs."""
-    if exc.kind == "rejected":
-        if exc.reason == "reason not received":
-            return AssociationRejectedError(
-                f"{node} ended the association request from calling AE {settings.local_aet!r} to called AE "
-                f"{node.aet!r} without accepting it (rejected, reason not received): check the called AE "
-                f"title and that {node} allows calling AE {settings.local_aet!r}")
-        return AssociationRejectedError(
-            f"{node} rejected association from calling AE {settings.local_aet!r} to called AE "
-            f"{node.aet!r}: {exc.reason}")
-    if exc.kind == "timeout":
-        return PacsTimeoutError(str(exc))
-    return PacsConnectionError(str(exc))
-
-
 def store_files(
     node: Any,
     settings: Any,
@@ -111,8 +95,6 @@ def store_files(
 ) -> None:
     """C-STORE ``items`` [(path, SOP class, SOP instance, transfer syntax)] on one association,
     counting into ``result`` (a :class:`~MedImgAILib.pacs.client.StoreResult`)."""
-    from pynetdicom.status import code_to_category
-
     pairs = list(dict.fromkeys((cls, ts) for _, cls, _, ts in items))
     abstracts: list[tuple[str, list[str]]] = []
     for cls, ts in pairs:  # the file's own syntax alone, then the uncompressed ones as a fallback
@@ -127,7 +109,7 @@ def store_files(
                               max_pdu=settings.max_pdu, connection_timeout=t.connection, acse_timeout=t.acse,
                               dimse_timeout=t.dimse, peer=str(node))
     except dimse.DimseError as exc:
-        raise connection_error(node, settings, exc) from None
+        raise association_error(node, settings.local_aet, exc) from None
     # context ids follow the proposal (1, 3, 5, ...): pair i's own syntax 4i+1, its fallback 4i+3
     route: dict[tuple[str, str], tuple[int, str]] = {}
     for i, pair in enumerate(pairs):
@@ -161,15 +143,7 @@ def store_files(
                         f"{node} stopped answering C-STORE after {result.sent} of {len(items)} instances") from None
                 raise PacsConnectionError(
                     f"{node}: association lost after {result.sent} of {len(items)} instances ({exc})") from None
-            cat = code_to_category(status)
-            if cat == "Success":
-                result.sent += 1
-            elif cat == "Warning":
-                result.sent += 1
-                result.warnings += 1
-            else:
-                result.failed += 1
-                result.errors.append(f"{path.name}: status 0x{status:04X}")
+            result.count(status, path.name)
             if on_progress:
                 on_progress(n, len(items))
     finally:
