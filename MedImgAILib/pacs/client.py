@@ -21,7 +21,6 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, _config, build_context, build_role, evt
 from pynetdicom import sop_class as sc
 from pynetdicom.association import Association
@@ -734,8 +733,7 @@ def store(
     transfer syntax; non-DICOM files are skipped and counted."""
     t0 = time.perf_counter()
     result = StoreResult()
-    items: list[tuple[Path, str, str]] = []
-    sops: list[str] = []
+    items: list[tuple[Path, str, str, str]] = []  # (file, SOP class, SOP instance, transfer syntax)
     for f in collect_files(paths):
         try:
             hdr = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SOPClassUID", "SOPInstanceUID"])
@@ -746,33 +744,22 @@ def store(
         except Exception:  # noqa: BLE001 - any unreadable file is "not DICOM" to a sender
             result.skipped += 1
             continue
-        items.append((f, cls, ts))
-        sops.append(sop)
+        items.append((f, cls, sop, ts))
     if not items:
         result.seconds = time.perf_counter() - t0
         return result
-    if node.tls is None:  # the lean requestor (see pacs/send.py for why not pynetdicom's)
-        from .send import store_files
+    from .send import proposal, store_files
 
-        store_files(node, settings, [(f, cls, sop, ts) for (f, cls, ts), sop in zip(items, sops)], result, on_progress)
+    if node.tls is None:  # the lean requestor (see pacs/send.py for why not pynetdicom's)
+        store_files(node, settings, items, result, on_progress)
         result.seconds = time.perf_counter() - t0
         return result
-    pairs = list(dict.fromkeys((cls, ts) for _, cls, ts in items))
-    # Per class and syntax: the file's own syntax alone, so that the file's bytes go as they are
-    # (re-encoding a SEG/SR's nested sequences through pydicom cost ~0.2 s per object), and the
-    # uncompressed pair as a fallback for a peer that does not take that syntax. Only the classes
-    # being sent: each extra context is negotiation time on every send.
-    contexts = []
-    for cls, ts in pairs:
-        contexts.append(build_context(cls, [ts]))
-        fallback = [t for t in (ExplicitVRLittleEndian, ImplicitVRLittleEndian) if t != ts]
-        contexts.append(build_context(cls, fallback))
-    if len(contexts) > MAX_CONTEXTS:
-        raise PacsOperationError(f"{len(pairs)} SOP class / transfer syntax pairs in one send: "
-                                 f"more than one association can carry ({MAX_CONTEXTS // 2})")
+    # the same proposal as the lean path: re-encoding a SEG/SR's nested sequences through pydicom
+    # cost ~0.2 s per object, so a file goes as stored wherever the peer takes its syntax
+    contexts = [build_context(cls, tss) for cls, tss in proposal(list(dict.fromkeys((c, t) for _, c, _, t in items)))]
     with associate(node, settings, contexts) as assoc, _send_files_as_stored():
         as_stored = {(str(c.abstract_syntax), str(c.transfer_syntax[0])) for c in assoc.accepted_contexts}
-        for i, (f, cls, ts) in enumerate(items, 1):
+        for i, (f, cls, _sop, ts) in enumerate(items, 1):
             try:
                 # a path is streamed from the file (exact context); a dataset is re-encoded
                 status = assoc.send_c_store(f if (cls, ts) in as_stored else pydicom.dcmread(f))

@@ -307,6 +307,24 @@ def part10_head(sop_class: str, sop_instance: str, transfer_syntax: str) -> byte
     return _PREAMBLE + _meta_element(0x0000, b"UL", struct.pack("<I", len(body))) + body
 
 
+def dataset_offset(head: bytes | bytearray | memoryview) -> int | None:
+    """Where the dataset starts in a Part 10 file whose first bytes are ``head`` (preamble, "DICM",
+    then the explicit VR little endian group 0002), or None when it is not laid out that way."""
+    if len(head) < 132 or head[128:132] != b"DICM":
+        return None
+    mv = memoryview(head)
+    off = 132
+    try:
+        while off + 8 <= len(mv):
+            if struct.unpack_from("<H", mv, off)[0] != 0x0002:
+                return off
+            _tag, _vr, length, voff = _element_header(mv, off, False)
+            off = voff + length
+    except struct.error:
+        return None
+    return off if off == len(mv) else None
+
+
 # --- PDUs ------------------------------------------------------------------------------------------
 def pdata_pdu(context_id: int, command: bytes) -> bytes:
     """One P-DATA-TF PDU carrying a whole command set (last fragment) and no dataset."""
@@ -701,6 +719,27 @@ def c_find(assoc: Association, identifier: bytes, model: str = STUDY_ROOT_FIND) 
                 answers.append(memoryview(b"".join(fragments)))
             continue
         return answers, status
+
+
+# --- C-STORE ---------------------------------------------------------------------------------------
+def c_store(assoc: Association, context_id: int, sop_class: str, sop_instance: str,
+            dataset: bytes | bytearray | memoryview) -> int:
+    """One C-STORE request (``dataset`` encoded in the context's transfer syntax) and its response;
+    returns the status."""
+    msg_id = assoc.next_message_id()
+    assoc.send_message(context_id, encode_command([
+        (_AFFECTED_SOP_CLASS, _ui(sop_class)),
+        (_COMMAND_FIELD, struct.pack("<H", C_STORE_RQ_FIELD)),
+        (_MESSAGE_ID, struct.pack("<H", msg_id)),
+        (_PRIORITY, struct.pack("<H", 0)),
+        (_DATASET_TYPE, struct.pack("<H", 0x0000)),  # a dataset follows
+        (_AFFECTED_SOP_INSTANCE, _ui(sop_instance)),
+    ]), dataset)
+    _cx, cmd, _data = assoc.read_message()
+    if us(cmd.get(_COMMAND_FIELD)) != C_STORE_RSP_FIELD or us(cmd.get(_MESSAGE_ID_RESPONDED)) != msg_id:
+        raise DimseError(f"{assoc.peer} answered a C-STORE with another message", "protocol")
+    status = us(cmd.get(_STATUS))
+    return 0xC000 if status is None else status
 
 
 # --- C-GET -----------------------------------------------------------------------------------------

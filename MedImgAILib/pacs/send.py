@@ -16,38 +16,13 @@ pixel data decompressed) in Explicit or Implicit VR Little Endian, whichever it 
 
 from __future__ import annotations
 
-import struct
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import dimse
 from .errors import PacsConnectionError, PacsOperationError, PacsTimeoutError, association_error
 
-#: explicit VR little endian VRs with a 4-byte length (and 2 reserved bytes) in the File Meta group
-_LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
 _UNCOMPRESSED = (dimse.EXPLICIT_VR_LE, dimse.IMPLICIT_VR_LE)
-
-
-def dataset_offset(head: bytes) -> int | None:
-    """Where the dataset starts in a Part 10 file whose first bytes are ``head`` (preamble, "DICM",
-    then the explicit VR little endian group 0002), or None when it is not laid out that way."""
-    if len(head) < 132 or head[128:132] != b"DICM":
-        return None
-    off = 132
-    while off + 8 <= len(head):
-        group, _elem = struct.unpack_from("<HH", head, off)
-        if group != 0x0002:
-            return off
-        vr = bytes(head[off + 4:off + 6])
-        if vr in _LONG_VRS:
-            if off + 12 > len(head):
-                return None
-            (length,) = struct.unpack_from("<I", head, off + 8)
-            off += 12 + length
-        else:
-            (length,) = struct.unpack_from("<H", head, off + 6)
-            off += 8 + length
-    return off if off == len(head) else None
 
 
 def _reencoded(path: Path, transfer_syntax: str) -> bytes:
@@ -67,23 +42,20 @@ def _reencoded(path: Path, transfer_syntax: str) -> bytes:
     return buf.getvalue()
 
 
-def c_store(assoc: dimse.Association, context_id: int, sop_class: str, sop_instance: str, dataset: bytes) -> int:
-    """One C-STORE request and its response; returns the status."""
-    msg_id = assoc.next_message_id()
-    assoc.send_message(context_id, dimse.encode_command([
-        (dimse._AFFECTED_SOP_CLASS, dimse._ui(sop_class)),
-        (dimse._COMMAND_FIELD, struct.pack("<H", dimse.C_STORE_RQ_FIELD)),
-        (dimse._MESSAGE_ID, struct.pack("<H", msg_id)),
-        (dimse._PRIORITY, struct.pack("<H", 0)),
-        (dimse._DATASET_TYPE, struct.pack("<H", 0x0000)),  # a dataset follows
-        (dimse._AFFECTED_SOP_INSTANCE, dimse._ui(sop_instance)),
-    ]), dataset)
-    _cx, cmd, _data = assoc.read_message()
-    if dimse.us(cmd.get(dimse._COMMAND_FIELD)) != dimse.C_STORE_RSP_FIELD or \
-            dimse.us(cmd.get(dimse._MESSAGE_ID_RESPONDED)) != msg_id:
-        raise dimse.DimseError(f"{assoc.peer} answered a C-STORE with another message", "protocol")
-    status = dimse.us(cmd.get(dimse._STATUS))
-    return 0xC000 if status is None else status
+def proposal(pairs: Sequence[tuple[str, str]]) -> list[tuple[str, list[str]]]:
+    """The presentation contexts for sending files of these (SOP class, transfer syntax) pairs: per
+    pair, the file's own syntax alone (its bytes go as they are) and then the uncompressed syntaxes as
+    a fallback for a peer that does not take it. Only the classes being sent: each extra context is
+    negotiation time on every send. Context ids follow this order (1, 3, 5, ...): pair i's own syntax
+    4i+1, its fallback 4i+3."""
+    out: list[tuple[str, list[str]]] = []
+    for cls, ts in pairs:
+        out.append((cls, [ts]))
+        out.append((cls, [t for t in _UNCOMPRESSED if t != ts]))
+    if len(out) > dimse.MAX_CONTEXTS:
+        raise PacsOperationError(f"{len(pairs)} SOP class / transfer syntax pairs in one send: "
+                                 f"more than one association can carry ({dimse.MAX_CONTEXTS // 2})")
+    return out
 
 
 def store_files(
@@ -96,13 +68,7 @@ def store_files(
     """C-STORE ``items`` [(path, SOP class, SOP instance, transfer syntax)] on one association,
     counting into ``result`` (a :class:`~MedImgAILib.pacs.client.StoreResult`)."""
     pairs = list(dict.fromkeys((cls, ts) for _, cls, _, ts in items))
-    abstracts: list[tuple[str, list[str]]] = []
-    for cls, ts in pairs:  # the file's own syntax alone, then the uncompressed ones as a fallback
-        abstracts.append((cls, [ts]))
-        abstracts.append((cls, [t for t in _UNCOMPRESSED if t != ts]))
-    if len(abstracts) > dimse.MAX_CONTEXTS:
-        raise PacsOperationError(f"{len(pairs)} SOP class / transfer syntax pairs in one send: "
-                                 f"more than one association can carry ({dimse.MAX_CONTEXTS // 2})")
+    abstracts = proposal(pairs)
     t = settings.timeouts
     try:
         assoc = dimse.connect(node.host, node.port, settings.local_aet, node.aet, abstracts,
@@ -110,7 +76,7 @@ def store_files(
                               dimse_timeout=t.dimse, peer=str(node))
     except dimse.DimseError as exc:
         raise association_error(node, settings.local_aet, exc) from None
-    # context ids follow the proposal (1, 3, 5, ...): pair i's own syntax 4i+1, its fallback 4i+3
+    # context ids as :func:`proposal` lays them out
     route: dict[tuple[str, str], tuple[int, str]] = {}
     for i, pair in enumerate(pairs):
         for cid in (4 * i + 1, 4 * i + 3):
@@ -128,14 +94,14 @@ def store_files(
             cid, accepted = target
             try:
                 data = path.read_bytes()
-                off = dataset_offset(data[:65536]) if accepted == ts else None
+                off = dimse.dataset_offset(data[:65536]) if accepted == ts else None
                 payload = memoryview(data)[off:] if off is not None else _reencoded(path, accepted)
             except Exception as exc:  # noqa: BLE001 - an unreadable or undecodable file fails alone
                 result.failed += 1
                 result.errors.append(f"{path.name}: cannot be sent ({exc.__class__.__name__}: {exc})")
                 continue
             try:
-                status = c_store(assoc, cid, cls, sop, payload)
+                status = dimse.c_store(assoc, cid, cls, sop, payload)
             except dimse.DimseError as exc:
                 assoc.abort()
                 if exc.kind == "timeout":

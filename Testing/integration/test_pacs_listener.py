@@ -193,7 +193,7 @@ def test_store_decompresses_for_a_peer_that_takes_only_uncompressed(tmp_path):
     from pynetdicom import AE, evt
     from pynetdicom.sop_class import CTImageStorage, MRImageStorage
 
-    from MedImgAILib.pacs.send import dataset_offset
+    from MedImgAILib.pacs.dimse import dataset_offset
 
     received = {}
 
@@ -229,7 +229,7 @@ def test_store_decompresses_for_a_peer_that_takes_only_uncompressed(tmp_path):
 def test_dataset_offset_of_part10_files():
     from pydicom.data import get_testdata_file
 
-    from MedImgAILib.pacs.send import dataset_offset
+    from MedImgAILib.pacs.dimse import dataset_offset
 
     for name in ("CT_small.dcm", "MR_small_RLE.dcm", "rtplan.dcm"):
         data = Path(get_testdata_file(name)).read_bytes()
