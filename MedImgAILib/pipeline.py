@@ -260,7 +260,8 @@ def _flush_work(run: _Run) -> None:
     from .fileio import flush_filesystem
 
     t0 = time.perf_counter()
-    flush_filesystem(run.work, [p for p in run.work.rglob("*") if p.is_file()])
+    # the file list is walked only where syncfs is missing (the per-file fallback)
+    flush_filesystem(run.work, (p for p in run.work.rglob("*") if p.is_file()))
     run.timings["promote"] = time.perf_counter() - t0
 
 

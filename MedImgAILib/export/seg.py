@@ -188,7 +188,8 @@ def _labelled_slices(seg_map: np.ndarray, box: Optional[tuple[slice, ...]]) -> n
     """Indices k of the slices with a nonzero voxel (inside the foreground box: the rest is empty)."""
     if box is None:
         return np.zeros(0, dtype=np.intp)
-    inside = seg_map[box].reshape(seg_map[box].shape[0], -1).any(axis=1)
+    sub = seg_map[box]
+    inside = sub.reshape(sub.shape[0], -1).any(axis=1)
     return np.flatnonzero(inside) + (box[0].start or 0)
 
 
