@@ -128,8 +128,8 @@ class AnalysisOptions:
     store: Optional[Any] = None  # tracking.ResultStore: priors in, result out
     site: str = ""
     observer: Optional[str] = None  # a radiologist confirming; None = the device alone
-    #: run the work that does not need the model output (image-quality measures, reading the source
-    #: headers for export, writing the NIfTI maps) on background threads beside inference / export.
+    #: run the work that does not need the model output (image-quality measures, writing the NIfTI
+    #: maps) on background threads beside inference / the send.
     #: False runs every stage in turn (the reference for what overlapping saves).
     overlap: bool = True
 
@@ -312,7 +312,7 @@ def _analyze(source: str, opts: AnalysisOptions, run: _Run) -> AnalysisResult:
 
     # series -> Volume + metadata
     with run.step("load", 0.16, "loading the series"):
-        volume, files, metadata = _load(local, card, opts)
+        volume, instances, metadata = _load(local, card, opts)
     if card is None:
         card = choose_model(metadata, volume)
     result = AnalysisResult(
@@ -330,8 +330,6 @@ def _analyze(source: str, opts: AnalysisOptions, run: _Run) -> AnalysisResult:
     with run.step("protocol", 0.2, "checking the acquisition against the protocol library"):
         iq_job = _protocol_start(result, metadata, volume, card, opts)
     warn_at = len(result.warnings)  # protocol warnings go before the model's, as when run in turn
-    # the source headers for SEG/SR/key images do not depend on the model either
-    headers_job = _Background("source-headers", lambda: _source_headers(files, volume), start=opts.overlap and bool(files))
 
     # model, then findings (a model that owns its whole method measures its own findings)
     owned = _owned_model(card, opts)
@@ -381,10 +379,8 @@ def _analyze(source: str, opts: AnalysisOptions, run: _Run) -> AnalysisResult:
         from .fileio import deferred_durability
 
         with deferred_durability():
-            _export(run.work, card, volume, instance_map, result, headers_job.result() if files else files, opts)
-        if opts.overlap:  # what ran on threads (its own duration) and how long the stage waited for it
-            run.timings["export.source_headers_background"] = headers_job.run_s
-            run.timings["export.source_headers_wait"] = headers_job.wait_s
+            _export(run.work, card, volume, instance_map, result, instances, opts)
+        if opts.overlap:
             # The NIfTI maps (for review and research, not for the PACS) are written while the DICOM
             # objects are sent, and waited for before anything is promoted (the wait counts as export
             # time). Not beside the DICOM export: both need the GIL between their bulk steps, and
@@ -414,7 +410,8 @@ def _analyze(source: str, opts: AnalysisOptions, run: _Run) -> AnalysisResult:
     return result
 
 
-def _load(local: Path, card: Any, opts: AnalysisOptions) -> tuple[Volume, list[str], Any]:
+def _load(local: Path, card: Any, opts: AnalysisOptions) -> tuple[Volume, list[Any], Any]:
+    """The volume, the scan's headers of its instances (none for an image file) and its metadata."""
     if local.is_file() and local.name.lower().endswith((".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")):
         loader_ref = card.runner.settings.get("input_loader") if card is not None else None
         if loader_ref:
@@ -432,7 +429,7 @@ def _load(local: Path, card: Any, opts: AnalysisOptions) -> tuple[Volume, list[s
 
     ref = select_series(local, card.modality if card else None, opts.series_uid)
     vol = load_series(ref)
-    return vol, list(ref.files), vol.metadata
+    return vol, list(ref.instances), vol.metadata
 
 
 def choose_model(metadata: Any, volume: Volume) -> Any:
@@ -638,13 +635,6 @@ def _rules(result: AnalysisResult, card: Any, metadata: Any, opts: AnalysisOptio
     result.context = {**kept, **result.context}
 
 
-def _source_headers(files: Sequence[str], volume: Volume) -> list[Any]:
-    """The source series' headers, read and checked for export (in the volume's k order)."""
-    from .export.common import source_datasets
-
-    return source_datasets(files, volume)
-
-
 def _write_maps(work: Path, volume: Volume, labels: np.ndarray, instance_map: np.ndarray) -> None:
     from .fileio import deferred_durability, save_nifti
 
@@ -659,15 +649,15 @@ def _write_maps(work: Path, volume: Volume, labels: np.ndarray, instance_map: np
 
 
 def _export(work: Path, card: Any, volume: Volume, instance_map: np.ndarray, result: AnalysisResult,
-            files: Sequence[str], opts: AnalysisOptions) -> None:
-    if not files:  # an image file has no DICOM source to reference: findings.json and NIfTI only
+            instances: Sequence[Any], opts: AnalysisOptions) -> None:
+    if not instances:  # an image file has no DICOM source to reference: findings.json and NIfTI only
         result.warnings.append("input was not DICOM: no SEG/SR/key images written")
         return
-    from .export import DeviceInfo, export_study
+    from .export import DeviceInfo, SeriesHeaders, export_study
 
     device = DeviceInfo(model_id=card.id, model_version=card.version)
     export_study(
-        work, volume, instance_map, result.findings, list(files), device,
+        work, volume, instance_map, result.findings, SeriesHeaders(instances, volume), device,
         label_specs=label_specs_for(card), study_measurements=result.study_measurements or None,
         person_observer=opts.observer, key_images=opts.key_images,
     )

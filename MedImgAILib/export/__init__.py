@@ -23,7 +23,7 @@ from pydicom.dataset import Dataset
 
 from ..results import Finding
 from ..volume import Volume
-from .common import DeviceInfo, ExportUIDs, source_datasets, write_atomic
+from .common import DeviceInfo, ExportUIDs, SeriesHeaders, source_datasets, write_atomic
 from .key_images import build_key_images, render_key_image, write_key_images
 from .seg import SegmentSpec, build_seg, segments_from_findings, segments_from_labels, write_seg
 from .sr import build_sr, write_sr
@@ -42,7 +42,7 @@ def export_study(
     image: Volume,
     instance_map: np.ndarray,
     findings: Sequence[Finding],
-    sources: Sequence[Dataset | str | os.PathLike[str]],
+    sources: Sequence[Dataset | str | os.PathLike[str]] | SeriesHeaders,
     device: DeviceInfo,
     *,
     label_specs: Sequence = (),
@@ -54,7 +54,7 @@ def export_study(
     into ``out_dir`` as seg.dcm, sr.dcm and key_images/key_NNN.dcm."""
     out = Path(out_dir)
     uids = ExportUIDs()
-    srcs = source_datasets(sources, image)
+    srcs = source_datasets(sources, image, full=_slices_copied_from(instance_map, findings, key_images))
     seg = None
     if findings:  # a study without findings gets an SR that says so, and no SEG
         segments = segments_from_findings(findings, label_specs)
@@ -78,11 +78,21 @@ def export_study(
     return ExportedObjects(seg=seg_path, sr=sr_path, key_images=ki_paths, uids=uids)
 
 
+def _slices_copied_from(instance_map: np.ndarray, findings: Sequence[Finding], key_images: bool) -> list[int]:
+    """The slices whose headers the objects copy attributes from (the rest are referenced by UID):
+    the first, those holding a segmented voxel (the SEG's frames) and the key-image slices."""
+    nk = instance_map.shape[0]
+    labelled = np.flatnonzero(instance_map.reshape(nk, -1).max(axis=1)) if findings and instance_map.size else []
+    keys = [int(f.slice_index) for f in findings if f.slice_index is not None] if key_images else []
+    return sorted({0, *map(int, labelled), *keys})
+
+
 __all__ = [
     "DeviceInfo",
     "ExportUIDs",
     "ExportedObjects",
     "SegmentSpec",
+    "SeriesHeaders",
     "build_key_images",
     "build_seg",
     "build_sr",

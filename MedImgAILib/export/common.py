@@ -11,11 +11,12 @@ import struct
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import pydicom
-from pydicom.dataelem import RawDataElement
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -102,33 +103,23 @@ class CheckedSources(list):
         self.order = tuple(order)
 
 
-def source_datasets(
-    sources: Iterable[Dataset | str | os.PathLike[str]], volume: Optional[Volume] = None
-) -> CheckedSources:
-    """The source series' datasets (headers are enough), checked, in the Volume's k order.
-
-    Raises ExportError naming the instance and the missing tag, or the slice that has no source."""
-    if isinstance(sources, CheckedSources) and (
-        sources.order == tuple(volume.source_sop_instance_uids) if volume is not None else True
-    ):
-        return sources
-    dss = [_sanitized(_ds(s)) for s in sources]
+def _check_headers(dss: Sequence[Any], name: Callable[[Any], str]) -> None:
+    """Every source has the attributes the objects reference it by; one series, one frame of reference."""
     if not dss:
         raise ExportError("no source images given: SEG/SR/key images must reference the analysed series")
     for d in dss:
-        missing = [t for t in REQUIRED_SOURCE_TAGS if t not in d or d.get(t) in (None, "")]
+        missing = [t for t in REQUIRED_SOURCE_TAGS if d.get(t) in (None, "")]
         if missing:
-            uid = d.get("SOPInstanceUID", "?")
-            raise ExportError(f"source image {uid} lacks {', '.join(missing)}: cannot reference it from a SEG/SR")
-    series = {d.SeriesInstanceUID for d in dss}
+            raise ExportError(f"source image {name(d)} lacks {', '.join(missing)}: cannot reference it from a SEG/SR")
+    series = {d.get("SeriesInstanceUID") for d in dss}
     if len(series) > 1:
         raise ExportError(f"source images come from {len(series)} series ({', '.join(sorted(series))}); give one")
-    frames = {d.FrameOfReferenceUID for d in dss}
+    frames = {d.get("FrameOfReferenceUID") for d in dss}
     if len(frames) > 1:
-        raise ExportError(f"source series {dss[0].SeriesInstanceUID} has {len(frames)} FrameOfReferenceUIDs")
-    if volume is None:
-        return CheckedSources(dss)
-    by_uid = {d.SOPInstanceUID: d for d in dss}
+        raise ExportError(f"source series {dss[0].get('SeriesInstanceUID')} has {len(frames)} FrameOfReferenceUIDs")
+
+
+def _in_volume_order(by_uid: Mapping[str, Any], volume: Volume) -> list[Any]:
     if not volume.source_sop_instance_uids:
         raise ExportError(
             f"volume of series {volume.series_instance_uid or '?'} does not record its source instances "
@@ -139,7 +130,80 @@ def source_datasets(
         if uid not in by_uid:
             raise ExportError(f"slice k={k} comes from instance {uid}, which is not among the source images given")
         ordered.append(by_uid[uid])
-    return CheckedSources(ordered, volume.source_sop_instance_uids)
+    return ordered
+
+
+class SeriesHeaders:
+    """The analysed series as the scan read it, for export without reading every header again.
+
+    An exported object copies attributes (patient, study, equipment, plane geometry) from a few
+    source images only: the first slice, the slices a SEG frame is derived from and the key-image
+    slices. Every other slice is named by its UIDs alone (the SEG's Referenced Series, the SR's
+    evidence). So :meth:`datasets` reads the full header of those few slices and gives the others a
+    reference-only dataset built from the values the scan already decoded: for a 300-slice CT with
+    small lesions about 50 header reads instead of 300 (~0.4 s of CPU in a pipeline run).
+
+    The attributes every source must have are checked here, on all slices, from the scan's values,
+    with the same errors as :func:`source_datasets`."""
+
+    def __init__(self, instances: Sequence[Any], volume: Volume) -> None:
+        """``instances``: the series' :class:`~MedImgAILib.dicom.scan.InstanceHeader` objects."""
+        _check_headers(instances, lambda h: h.sop_instance_uid or h.path)
+        self.volume = volume
+        self._ordered = _in_volume_order({h.sop_instance_uid: h for h in instances}, volume)
+
+    def datasets(self, full: Optional[Iterable[int]] = None) -> CheckedSources:
+        """One dataset per slice in the volume's k order: the file's own header for the slices in
+        ``full`` (all when None), a reference-only dataset for the rest."""
+        n = len(self._ordered)
+        wanted = range(n) if full is None else {int(k) for k in full if 0 <= int(k) < n}
+        read: dict[str, Dataset] = {}  # by instance: a multi-frame source is read once
+        out: list[Dataset] = []
+        for k, h in enumerate(self._ordered):
+            if k in wanted or h.sop_instance_uid in read:
+                if h.sop_instance_uid not in read:
+                    read[h.sop_instance_uid] = _sanitized(h.dataset)
+                out.append(read[h.sop_instance_uid])
+            else:
+                out.append(_reference_only(h))
+        return CheckedSources(out, self.volume.source_sop_instance_uids)
+
+
+#: what a reference-only dataset holds (see :class:`SeriesHeaders`): the references and the grid
+_REFERENCE_ONLY = tuple((kw, tag, dictionary_VR(tag)) for kw, tag in ((kw, tag_for_keyword(kw)) for kw in REQUIRED_SOURCE_TAGS))
+
+
+def _reference_only(h: Any) -> Dataset:
+    ds = Dataset()
+    for kw, tag, vr in _REFERENCE_ONLY:
+        ds[tag] = DataElement(tag, vr, h.get(kw))
+    return ds
+
+
+def source_datasets(
+    sources: "Iterable[Dataset | str | os.PathLike[str]] | SeriesHeaders",
+    volume: Optional[Volume] = None,
+    *,
+    full: Optional[Iterable[int]] = None,
+) -> CheckedSources:
+    """The source series' datasets (headers are enough), checked, in the Volume's k order.
+
+    ``sources`` are files or datasets (all read and checked), or a :class:`SeriesHeaders` (``full``
+    then says which slices need their whole header; the rest are reference-only).
+    Raises ExportError naming the instance and the missing tag, or the slice that has no source."""
+    if isinstance(sources, SeriesHeaders):
+        if volume is not None and volume.source_sop_instance_uids != sources.volume.source_sop_instance_uids:
+            raise ExportError(f"the series headers given are not those of series {volume.series_instance_uid or '?'}")
+        return sources.datasets(full)
+    if isinstance(sources, CheckedSources) and (
+        sources.order == tuple(volume.source_sop_instance_uids) if volume is not None else True
+    ):
+        return sources
+    dss = [_sanitized(_ds(s)) for s in sources]
+    _check_headers(dss, lambda d: d.get("SOPInstanceUID", "?"))
+    if volume is None:
+        return CheckedSources(dss)
+    return CheckedSources(_in_volume_order({d.SOPInstanceUID: d for d in dss}, volume), volume.source_sop_instance_uids)
 
 
 def check_label_grid(labels: Volume, sources: Sequence[Dataset]) -> None:

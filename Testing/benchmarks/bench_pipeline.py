@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 STAGES = ("load", "protocol", "inference", "findings", "rules", "export", "send", "promote")
-BACKGROUND = ("protocol.background", "export.source_headers_background", "export.nifti_background")
+BACKGROUND = ("protocol.background", "export.nifti_background")
 
 
 def _stages(timings: dict[str, float]) -> dict[str, float]:

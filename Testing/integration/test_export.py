@@ -360,3 +360,83 @@ def test_no_patient_name_in_warnings_or_logs(ct3slice_dir, tmp_path, recwarn, ca
     export_study(tmp_path, ct, inst, fs[:1], paths, DEVICE, label_specs=[spec])
     texts = [str(w.message) for w in recwarn] + [r.getMessage() for r in caplog.records]
     assert not any("JANCT000" in t for t in texts)
+
+
+# --- the pipeline's sources: the scan's headers, full ones read only where attributes are copied ---
+def _normalised(ds, uid_names: dict[str, str]):
+    """A dataset as nested plain values, the generated UIDs named by role and dates/times left out
+    (two exports differ in those alone)."""
+    out = {}
+    for elem in ds:
+        if elem.VR in ("DA", "TM", "DT") or elem.tag == 0x7FE00010:
+            continue
+        if elem.VR == "SQ":
+            out[elem.keyword or str(elem.tag)] = [_normalised(item, uid_names) for item in elem.value]
+        elif elem.VR == "UI":
+            vals = elem.value if isinstance(elem.value, list) else [elem.value]
+            out[elem.keyword] = [uid_names.get(str(v), str(v)) for v in vals]
+        else:
+            out[elem.keyword or str(elem.tag)] = str(elem.value)
+    return out
+
+
+def _generated_uids(out, tracked: set[str]) -> dict[str, str]:
+    u = out.uids
+    names = {u.seg_series: "SEG series", u.seg_instance: "SEG", u.sr_series: "SR series", u.sr_instance: "SR",
+             u.key_image_series: "key-image series"}
+    for n, p in enumerate(out.key_images):
+        names[pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID] = f"key image {n}"
+    seg = pydicom.dcmread(out.seg, stop_before_pixels=True)
+    names[seg.DimensionOrganizationSequence[0].DimensionOrganizationUID] = "dimension organization"
+
+    def tracking_uids(items):  # the study-level measurement group's tracking UID is generated too
+        for item in items:
+            if item.get("ValueType") == "UIDREF" and item.ConceptNameCodeSequence[0].CodeValue == "112040":
+                yield item.UID
+            yield from tracking_uids(item.get("ContentSequence", []))
+
+    for uid in tracking_uids(pydicom.dcmread(out.sr).ContentSequence):
+        names.setdefault(uid, f"tracking {uid if uid in tracked else 'generated'}")
+    return names
+
+
+def test_objects_from_the_scan_headers_equal_those_from_the_files(study, tmp_path):
+    from MedImgAILib.dicom.scan import scan
+    from MedImgAILib.export import SeriesHeaders
+
+    (ref,) = scan(study["root"] / "ct")
+    img, inst, findings = study["img"], study["inst"], study["findings"]
+    headers = SeriesHeaders(ref.instances, img)
+    full = sorted({0, *np.flatnonzero(inst.reshape(inst.shape[0], -1).max(axis=1)).tolist(),
+                   *(f.slice_index for f in findings)})
+    assert len(full) < inst.shape[0]  # some slices are reference-only: the case this test is about
+    srcs = source_datasets(headers, img, full=full)
+    assert [d.SOPInstanceUID for d in srcs] == img.source_sop_instance_uids
+    assert "PatientID" in srcs[0] and "PatientID" not in srcs[next(k for k in range(len(srcs)) if k not in full)]
+    kw = dict(label_specs=[NODULE_SPEC], study_measurements={"total_nodule_volume_mm3": 1.0})
+    a = export_study(tmp_path / "files", img, inst, findings, study["paths"], DEVICE, **kw)
+    b = export_study(tmp_path / "scan", img, inst, findings, headers, DEVICE, **kw)
+    tracked = {f.tracking_uid for f in findings}
+    na, nb = _generated_uids(a, tracked), _generated_uids(b, tracked)
+    for pa, pb in [(a.seg, b.seg), (a.sr, b.sr), *zip(a.key_images, b.key_images)]:
+        da, db = pydicom.dcmread(pa), pydicom.dcmread(pb)
+        assert _normalised(da, na) == _normalised(db, nb), pa.name
+        if "PixelData" in da:
+            assert da.PixelData == db.PixelData
+
+
+def test_scan_headers_missing_a_reference_tag_are_refused(study, tmp_path):
+    import shutil
+
+    from MedImgAILib.dicom.scan import scan
+    from MedImgAILib.export import SeriesHeaders
+
+    folder = tmp_path / "ct"
+    shutil.copytree(study["root"] / "ct", folder)
+    victim = sorted(folder.glob("*.dcm"))[5]
+    ds = pydicom.dcmread(victim)
+    del ds.FrameOfReferenceUID
+    ds.save_as(victim)
+    (ref,) = scan(folder)
+    with pytest.raises(ExportError, match=rf"source image {ds.SOPInstanceUID} lacks FrameOfReferenceUID"):
+        SeriesHeaders(ref.instances, study["img"])
