@@ -8,7 +8,8 @@ series and each other:
 - key images -> their source slice (Source Image Sequence) and the SEG and SR series.
 
 ``export_study`` writes all three into a folder atomically (temp names, then renames; on any error
-nothing looks final).
+nothing looks final). ``export_results`` + ``export_key_images`` do the same in two steps, for a
+caller that stores the SEG and SR before it draws the key images.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.uid import SecondaryCaptureImageStorage
 
 from ..results import Finding
 from ..volume import Volume
@@ -35,6 +37,9 @@ class ExportedObjects:
     sr: Path
     key_images: list[Path] = field(default_factory=list)
     uids: ExportUIDs = field(default_factory=ExportUIDs)
+    #: the source headers the objects were built from (in the image's k order), for the key images
+    #: that :func:`export_key_images` draws after :func:`export_results`
+    sources: Sequence[Dataset] = field(default_factory=list, repr=False)
 
 
 def export_study(
@@ -51,31 +56,95 @@ def export_study(
     key_images: bool = True,
 ) -> ExportedObjects:
     """SEG (one segment per finding: its ``instance_value`` voxels in ``instance_map``), SR and key images
-    into ``out_dir`` as seg.dcm, sr.dcm and key_images/key_NNN.dcm."""
+    into ``out_dir`` as seg.dcm, sr.dcm and key_images/key_NNN.dcm. Everything is built before anything
+    is written: a failing build leaves nothing behind."""
+    uids, srcs = ExportUIDs(), _sources(sources, image, instance_map, findings, key_images)
+    seg, sr = _build_results(image, instance_map, findings, srcs, device, uids, label_specs, study_measurements,
+                             person_observer, key_images)
+    kis = _build_key_images(image, instance_map, findings, srcs, device, uids) if key_images else []
     out = Path(out_dir)
-    uids = ExportUIDs()
-    srcs = source_datasets(sources, image, full=_slices_copied_from(instance_map, findings, key_images))
-    seg = None
-    if findings:  # a study without findings gets an SR that says so, and no SEG
-        segments = segments_from_findings(findings, label_specs)
-        seg = build_seg(
-            image.with_array(instance_map), srcs, segments, device, uids,
-            related_series=[uids.sr_series] + ([uids.key_image_series] if key_images else []),
-        )
-    kis = (
-        build_key_images(image, findings, srcs, device, uids, instance_map=instance_map,
-                         related_series=[uids.seg_series, uids.sr_series])
-        if key_images
-        else []
-    )
-    sr = build_sr(findings, seg, srcs, device, uids, study_measurements=study_measurements,
-                  person_observer=person_observer, extra_evidence=kis,
-                  absent_finding=label_specs[0].finding_code if label_specs else None)
-    # everything is built before anything is written: a failing build leaves nothing behind
     ki_paths = write_key_images(kis, out / "key_images") if kis else []
     seg_path = write_seg(seg, out / "seg.dcm") if seg is not None else None
-    sr_path = write_sr(sr, out / "sr.dcm")
-    return ExportedObjects(seg=seg_path, sr=sr_path, key_images=ki_paths, uids=uids)
+    return ExportedObjects(seg=seg_path, sr=write_sr(sr, out / "sr.dcm"), key_images=ki_paths, uids=uids,
+                           sources=srcs)
+
+
+def export_results(
+    out_dir: str | os.PathLike[str],
+    image: Volume,
+    instance_map: np.ndarray,
+    findings: Sequence[Finding],
+    sources: Sequence[Dataset | str | os.PathLike[str]] | SeriesHeaders,
+    device: DeviceInfo,
+    *,
+    label_specs: Sequence = (),
+    study_measurements: Optional[Mapping[str, float]] = None,
+    person_observer: Optional[str] = None,
+    key_images: bool = True,
+) -> ExportedObjects:
+    """The clinical result alone: seg.dcm and sr.dcm, for a caller that stores them before it draws
+    the key images (the pipeline: key images are for viewers without SEG support, and rendering them
+    should not delay the result). With ``key_images`` the SR already lists them as evidence and the
+    SEG names their series; :func:`export_key_images` must then write them with the returned UIDs."""
+    uids, srcs = ExportUIDs(), _sources(sources, image, instance_map, findings, key_images)
+    seg, sr = _build_results(image, instance_map, findings, srcs, device, uids, label_specs, study_measurements,
+                             person_observer, key_images)
+    out = Path(out_dir)
+    seg_path = write_seg(seg, out / "seg.dcm") if seg is not None else None
+    return ExportedObjects(seg=seg_path, sr=write_sr(sr, out / "sr.dcm"), uids=uids, sources=srcs)
+
+
+def export_key_images(
+    out_dir: str | os.PathLike[str],
+    results: ExportedObjects,
+    image: Volume,
+    instance_map: np.ndarray,
+    findings: Sequence[Finding],
+    device: DeviceInfo,
+) -> list[Path]:
+    """The key images that :func:`export_results` announced, into ``out_dir``/key_images; also
+    recorded in ``results.key_images``."""
+    kis = _build_key_images(image, instance_map, findings, results.sources, device, results.uids)
+    results.key_images = write_key_images(kis, Path(out_dir) / "key_images") if kis else []
+    return results.key_images
+
+
+def _sources(sources, image: Volume, instance_map: np.ndarray, findings: Sequence[Finding], key_images: bool):
+    return source_datasets(sources, image, full=_slices_copied_from(instance_map, findings, key_images))
+
+
+def _build_results(image, instance_map, findings, srcs, device, uids, label_specs, study_measurements,
+                   person_observer, key_images) -> tuple[Optional[Dataset], Dataset]:
+    seg = None
+    if findings:  # a study without findings gets an SR that says so, and no SEG
+        seg = build_seg(
+            image.with_array(instance_map), srcs, segments_from_findings(findings, label_specs), device, uids,
+            related_series=[uids.sr_series] + ([uids.key_image_series] if key_images else []),
+        )
+    sr = build_sr(findings, seg, srcs, device, uids, study_measurements=study_measurements,
+                  person_observer=person_observer,
+                  extra_evidence=_key_image_references(findings, srcs, uids) if key_images else (),
+                  absent_finding=label_specs[0].finding_code if label_specs else None)
+    return seg, sr
+
+
+def _build_key_images(image, instance_map, findings, srcs, device, uids) -> list[Dataset]:
+    return build_key_images(image, findings, srcs, device, uids, instance_map=instance_map,
+                            related_series=[uids.seg_series, uids.sr_series])
+
+
+def _key_image_references(findings: Sequence[Finding], srcs: Sequence[Dataset], uids: ExportUIDs) -> list[Dataset]:
+    """The key images as the SR's evidence names them (study, series, class, instance), before they
+    are drawn: one per finding, numbered as :func:`build_key_images` numbers them."""
+    refs = []
+    for n, _ in enumerate(findings, start=1):
+        ref = Dataset()
+        ref.StudyInstanceUID = srcs[0].StudyInstanceUID
+        ref.SeriesInstanceUID = uids.key_image_series
+        ref.SOPClassUID = SecondaryCaptureImageStorage
+        ref.SOPInstanceUID = uids.key_image(n)
+        refs.append(ref)
+    return refs
 
 
 def _slices_copied_from(instance_map: np.ndarray, findings: Sequence[Finding], key_images: bool) -> list[int]:
@@ -96,6 +165,8 @@ __all__ = [
     "build_key_images",
     "build_seg",
     "build_sr",
+    "export_key_images",
+    "export_results",
     "export_study",
     "render_key_image",
     "segments_from_findings",

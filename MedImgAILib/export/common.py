@@ -60,6 +60,12 @@ class ExportUIDs:
     sr_series: str = field(default_factory=generate_uid)
     sr_instance: str = field(default_factory=generate_uid)
     key_image_series: str = field(default_factory=generate_uid)
+    #: SOP Instance UID of key image n (1-based), allocated on first use: the SR lists the key images
+    #: as evidence, and the pipeline stores the SR before it renders them
+    key_images: dict[int, str] = field(default_factory=dict)
+
+    def key_image(self, n: int) -> str:
+        return self.key_images.setdefault(n, generate_uid())
 
 
 def _ds(src: Dataset | str | os.PathLike[str]) -> Dataset:

@@ -15,7 +15,6 @@ import highdicom as hd
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
 from skimage.measure import find_contours
 
 from ..errors import ExportError
@@ -141,7 +140,7 @@ def build_key_images(
                 coordinate_system=hd.CoordinateSystemNames.PATIENT,
                 series_instance_uid=uids.key_image_series,
                 series_number=series_number,
-                sop_instance_uid=generate_uid(),
+                sop_instance_uid=uids.key_image(n),
                 instance_number=n,
                 manufacturer=device.manufacturer,
                 pixel_spacing=(row_sp / scale, col_sp / scale),

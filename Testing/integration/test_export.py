@@ -401,8 +401,10 @@ def _generated_uids(out, tracked: set[str]) -> dict[str, str]:
 
 
 def test_objects_from_the_scan_headers_equal_those_from_the_files(study, tmp_path):
+    """The pipeline's export (scan headers, full ones only where copied; SEG + SR, then key images)
+    writes the same objects as the export from the files, up to generated UIDs and times."""
     from MedImgAILib.dicom.scan import scan
-    from MedImgAILib.export import SeriesHeaders
+    from MedImgAILib.export import SeriesHeaders, export_key_images, export_results
 
     (ref,) = scan(study["root"] / "ct")
     img, inst, findings = study["img"], study["inst"], study["findings"]
@@ -416,13 +418,20 @@ def test_objects_from_the_scan_headers_equal_those_from_the_files(study, tmp_pat
     kw = dict(label_specs=[NODULE_SPEC], study_measurements={"total_nodule_volume_mm3": 1.0})
     a = export_study(tmp_path / "files", img, inst, findings, study["paths"], DEVICE, **kw)
     b = export_study(tmp_path / "scan", img, inst, findings, headers, DEVICE, **kw)
+    # the pipeline's two steps: SEG + SR (stored first), then the key images the SR announced
+    c = export_results(tmp_path / "two", img, inst, findings, headers, DEVICE, **kw)
+    assert c.key_images == [] and not (tmp_path / "two" / "key_images").exists()
+    export_key_images(tmp_path / "two", c, img, inst, findings, DEVICE)
     tracked = {f.tracking_uid for f in findings}
-    na, nb = _generated_uids(a, tracked), _generated_uids(b, tracked)
-    for pa, pb in [(a.seg, b.seg), (a.sr, b.sr), *zip(a.key_images, b.key_images)]:
-        da, db = pydicom.dcmread(pa), pydicom.dcmread(pb)
-        assert _normalised(da, na) == _normalised(db, nb), pa.name
-        if "PixelData" in da:
-            assert da.PixelData == db.PixelData
+    na = _generated_uids(a, tracked)
+    for other in (b, c):
+        no = _generated_uids(other, tracked)
+        assert len(other.key_images) == len(a.key_images) == len(findings)
+        for pa, pb in [(a.seg, other.seg), (a.sr, other.sr), *zip(a.key_images, other.key_images)]:
+            da, db = pydicom.dcmread(pa), pydicom.dcmread(pb)
+            assert _normalised(da, na) == _normalised(db, no), pa.name
+            if "PixelData" in da:
+                assert da.PixelData == db.PixelData
 
 
 def test_scan_headers_missing_a_reference_tag_are_refused(study, tmp_path):
