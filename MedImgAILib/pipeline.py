@@ -142,6 +142,9 @@ class _Run:
     cancel: Optional[threading.Event]
     timings: dict[str, float] = field(default_factory=dict)
     stage: str = "start"
+    t0: float = field(default_factory=time.perf_counter)
+    #: result objects already stored to the PACS (an error after the send must say so)
+    sent: list[str] = field(default_factory=list)
 
     @contextmanager
     def step(self, name: str, fraction: float, message: str) -> Iterator[None]:
@@ -226,28 +229,29 @@ def analyze(
     (out / "error.json").unlink(missing_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".work-", dir=out))
     run = _Run(out=out, work=work, progress=progress, cancel=cancel)
-    t_start = time.perf_counter()
     try:
         result = _analyze(str(source), opts, run)
         _flush_work(run)
         result.timings_s = {k: round(v, 4) for k, v in run.timings.items()}
-        result.timings_s["total"] = round(time.perf_counter() - t_start, 4)
+        result.timings_s["total"] = round(time.perf_counter() - run.t0, 4)
         _promote(run, result)
         if progress:
             progress(1.0, f"done: {len(result.findings)} finding(s)")
         return result
     except BaseException as exc:
-        _write_error(out, run.stage, exc)
+        _write_error(out, run.stage, exc, run.sent, opts.send_to)
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _write_error(out: Path, stage: str, exc: BaseException) -> None:
+def _write_error(out: Path, stage: str, exc: BaseException, sent: Sequence[str] = (), node: Optional[str] = None) -> None:
     kind = getattr(exc, "kind", type(exc).__name__)
     message = str(exc) if isinstance(exc, MedImgAIError) else f"{type(exc).__name__}: {exc}"
-    record = {"schema": "medimgai.error/1", "stage": stage, "kind": kind, "message": message,
-              "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    record: dict[str, Any] = {"schema": "medimgai.error/1", "stage": stage, "kind": kind, "message": message,
+                              "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    if sent:  # the SEG and SR go to the PACS before the key images: say what a reader may already see there
+        record["already_stored"] = {"node": node, "objects": list(sent)}
     from .fileio import atomic_output
 
     with atomic_output(out / "error.json", "w") as fh:
@@ -328,7 +332,7 @@ def _analyze(source: str, opts: AnalysisOptions, run: _Run) -> AnalysisResult:
     # thread beside inference, and the decision on the full report (header + image quality) is taken
     # when inference is done, before anything is measured or written.
     with run.step("protocol", 0.2, "checking the acquisition against the protocol library"):
-        iq_job = _protocol_start(result, metadata, volume, card, opts)
+        iq_job, iq_deferred = _protocol_start(result, metadata, volume, card, opts)
     warn_at = len(result.warnings)  # protocol warnings go before the model's, as when run in turn
 
     # model, then findings (a model that owns its whole method measures its own findings)
@@ -371,33 +375,41 @@ def _analyze(source: str, opts: AnalysisOptions, run: _Run) -> AnalysisResult:
         _priors(result, metadata, opts)
         _rules(result, card, metadata, opts)
 
-    # outputs
-    with run.step("export", 0.88, "writing SEG, SR and key images"):
-        maps_job = _Background("nifti-maps", lambda: _write_maps(run.work, volume, labels_arr, instance_map),
-                               start=False)
-        # the work folder is made durable once, at promotion (after the send), not file by file
-        from .fileio import deferred_durability
+    # outputs: the clinical result first. SEG and SR are written and stored before the work that does
+    # not change them (key images for viewers without SEG support, the image-quality measures when the
+    # policy does not refuse on them, the NIfTI maps): "SEG + SR stored" is what a reader waits for.
+    from .fileio import deferred_durability  # the work folder is made durable once, at promotion
 
+    with run.step("export", 0.88, "writing SEG and SR"):
         with deferred_durability():
-            _export(run.work, card, volume, instance_map, result, instances, opts)
-        if opts.overlap:
-            # The NIfTI maps (for review and research, not for the PACS) are written while the DICOM
-            # objects are sent, and waited for before anything is promoted (the wait counts as export
-            # time). Not beside the DICOM export: both need the GIL between their bulk steps, and
-            # sharing it slowed the export more (0.84 s) than writing the maps costs alone (~0.1 s).
-            maps_job.start()
+            exported = _export(run.work, card, volume, instance_map, result, instances, opts)
+    if opts.send_to and exported is not None:
+        with run.step("send", 0.92, f"sending SEG/SR to {opts.send_to}"):
+            _send(run, opts, result, [p for p in (exported.seg, exported.sr) if p is not None])
+    run.timings["total.results"] = time.perf_counter() - run.t0  # a point in time, not a stage
+    # The NIfTI maps (for review and research, not for the PACS) are written beside what follows
+    # (mostly compression, which releases the GIL); waited for before anything is promoted.
+    maps_job = _Background("nifti-maps", lambda: _write_maps(run.work, volume, labels_arr, instance_map),
+                           start=opts.overlap)
     try:
-        if opts.send_to:
-            with run.step("send", 0.95, f"sending SEG/SR to {opts.send_to}"):
-                _send(run.work, opts, result)
+        if exported is not None and opts.key_images and result.findings:
+            with run.step("key_images", 0.94, "drawing the key images"):
+                from .export import export_key_images
+
+                with deferred_durability():
+                    export_key_images(run.work, exported, volume, instance_map, result.findings, exported_device(card))
+                if opts.send_to:
+                    _send(run, opts, result, exported.key_images)
+        if iq_deferred is not None:
+            with run.step("image_quality", 0.96, "measuring image quality"):
+                _protocol_finish(iq_deferred, result, metadata, volume, card, opts, warn_at)
     except BaseException:
         maps_job.join()
         raise
-    with run.step("export", 0.97, "writing the label maps"):
+    with run.step("label_maps", 0.97, "writing the label maps"):
         maps_job.result()
     if opts.overlap:
-        run.timings["export.nifti_background"] = maps_job.run_s
-        run.timings["export.nifti_wait"] = maps_job.wait_s
+        run.timings["label_maps.background"] = maps_job.run_s
     if opts.store is not None:
         with run.step("track", 0.98, "recording the result"):
             opts.store.record_result(
@@ -451,15 +463,22 @@ def choose_model(metadata: Any, volume: Volume) -> Any:
 
 
 def _protocol_start(result: AnalysisResult, metadata: Any, volume: Volume, card: Any,
-                    opts: AnalysisOptions) -> Optional[_Background]:
-    """The header-only check and its policy decision (refusal raises here, before inference). With
-    ``opts.overlap`` returns the image-quality measurement running on a thread (the full decision
-    follows inference: ``_protocol_finish``); in turn, measures and decides on the full report now,
-    before inference, and returns None (as does a series without headers)."""
+                    opts: AnalysisOptions) -> tuple[Optional[_Background], Optional[_Background]]:
+    """The header-only check and its policy decision (refusal raises here, before inference), and the
+    image-quality measurement as ``(before_results, after_results)``, one of them None:
+
+    - when the site policy refuses nonconforming series, the measures can stop the analysis, so they
+      come before any result: with ``opts.overlap`` on a thread beside inference (returned first; the
+      full decision follows inference: ``_protocol_finish``), in turn measured and decided now
+      (both None);
+    - otherwise they only add to the protocol block and the warnings of findings.json, and are
+      measured after the SEG and SR are stored (returned second, not started).
+
+    A series without headers gets (None, None)."""
     if metadata is None:
         result.protocol = {"id": None, "version": None, "conformant": None, "checks": [],
                            "messages": ["no DICOM header (image file input): acquisition not checked"]}
-        return None
+        return None, None
     from .protocols.conformance import check_series
     from .protocols.quality import measure_image_quality, slice_positions_from_volume
 
@@ -468,12 +487,17 @@ def _protocol_start(result: AnalysisResult, metadata: Any, volume: Volume, card:
     header_report = check_series(metadata, None, opts.protocol_id, candidates=candidates, slice_positions_mm=positions)
     _protocol_decide(header_report, volume, opts)
     modality = metadata.series.modality.value or volume.modality
+    from .protocols.conformance import ConformancePolicy
+
+    gates = (opts.policy or ConformancePolicy()).on_nonconformant == "refuse"
     job = _Background("image-quality", lambda: measure_image_quality(volume, modality=modality, slice_positions_mm=positions),
-                      start=opts.overlap)
+                      start=opts.overlap and gates)
+    if not gates:
+        return None, job
     if not opts.overlap:  # in turn: the whole check before inference, as the reference
         _protocol_finish(job, result, metadata, volume, card, opts, len(result.warnings))
-        return None
-    return job
+        return None, None
+    return job, None
 
 
 def _protocol_decide(report: Any, volume: Volume, opts: AnalysisOptions) -> Any:
@@ -648,34 +672,40 @@ def _write_maps(work: Path, volume: Volume, labels: np.ndarray, instance_map: np
         save_nifti(volume.with_array(instance_map.astype(imap_type, copy=False)).to_nifti(), work / "instances.nii.gz")
 
 
+def exported_device(card: Any) -> Any:
+    from .export import DeviceInfo
+
+    return DeviceInfo(model_id=card.id, model_version=card.version)
+
+
 def _export(work: Path, card: Any, volume: Volume, instance_map: np.ndarray, result: AnalysisResult,
-            instances: Sequence[Any], opts: AnalysisOptions) -> None:
+            instances: Sequence[Any], opts: AnalysisOptions) -> Any:
+    """seg.dcm and sr.dcm (the SR already naming the key images, drawn later); None for an image file."""
     if not instances:  # an image file has no DICOM source to reference: findings.json and NIfTI only
         result.warnings.append("input was not DICOM: no SEG/SR/key images written")
-        return
-    from .export import DeviceInfo, SeriesHeaders, export_study
+        return None
+    from .export import SeriesHeaders, export_results
 
-    device = DeviceInfo(model_id=card.id, model_version=card.version)
-    export_study(
-        work, volume, instance_map, result.findings, SeriesHeaders(instances, volume), device,
+    return export_results(
+        work, volume, instance_map, result.findings, SeriesHeaders(instances, volume), exported_device(card),
         label_specs=label_specs_for(card), study_measurements=result.study_measurements or None,
         person_observer=opts.observer, key_images=opts.key_images,
     )
 
 
-def _send(work: Path, opts: AnalysisOptions, result: AnalysisResult) -> None:
+def _send(run: _Run, opts: AnalysisOptions, result: AnalysisResult, paths: Sequence[Path]) -> None:
     from .pacs.client import store
     from .pacs.settings import load_settings
 
     settings = opts.pacs_settings or load_settings()
     node = settings.node(opts.send_to)
-    paths = [p for p in (work / "seg.dcm", work / "sr.dcm") if p.exists()] + sorted((work / "key_images").glob("*.dcm"))
     if not paths:
         return
     res = store(node, settings, paths)
     if res.failed:
         raise PipelineError(f"{node} refused {res.failed} of {len(paths)} result objects: {'; '.join(res.errors[:3])}", stage="send")
     result.context["sent_to"] = str(node)
+    run.sent.extend(str(Path(p).relative_to(run.work)) for p in paths)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -191,7 +191,8 @@ def _reference_only(h: Any) -> Dataset:
         if vr == "US":
             raw = struct.pack("<H", int(value))
         elif vr == "DS":
-            raw = "\\".join(_ds_text(float(v)) for v in (value if isinstance(value, (list, tuple)) else [value])).encode()
+            values = [value] if isinstance(value, (int, float, str)) else value  # scan values or a pydicom MultiValue
+            raw = "\\".join(_ds_text(float(v)) for v in values).encode()
         else:
             raw = str(value).encode()
         if len(raw) % 2:

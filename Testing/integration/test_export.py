@@ -400,13 +400,18 @@ def _generated_uids(out, tracked: set[str]) -> dict[str, str]:
     return names
 
 
-def test_objects_from_the_scan_headers_equal_those_from_the_files(study, tmp_path):
+@pytest.mark.parametrize("scan_headers", ["fast", "pydicom"])
+def test_objects_from_the_scan_headers_equal_those_from_the_files(study, tmp_path, scan_headers):
     """The pipeline's export (scan headers, full ones only where copied; SEG + SR, then key images)
     writes the same objects as the export from the files, up to generated UIDs and times."""
     from MedImgAILib.dicom.scan import scan
     from MedImgAILib.export import SeriesHeaders, export_key_images, export_results
 
     (ref,) = scan(study["root"] / "ct")
+    if scan_headers == "pydicom":  # what the scan keeps for files its fast reader leaves to pydicom
+        for h in ref.instances:
+            h.dataset  # noqa: B018 - reads the pydicom header in place of the fast one
+    assert {type(h.header).__name__ for h in ref.instances} == {"FastHeader" if scan_headers == "fast" else "FileDataset"}
     img, inst, findings = study["img"], study["inst"], study["findings"]
     headers = SeriesHeaders(ref.instances, img)
     full = sorted({0, *np.flatnonzero(inst.reshape(inst.shape[0], -1).max(axis=1)).tolist(),

@@ -167,8 +167,8 @@ def test_refuse_policy_on_an_image_quality_criterion_stops_before_anything_is_wr
 
 
 def test_overlapped_and_sequential_runs_give_the_same_result(folder_result, phantom_study, tmp_path):
-    """Running the image-quality measures, the header reading and the NIfTI maps beside the other
-    stages changes when things happen, not what comes out."""
+    """Running the NIfTI maps beside the other stages, and the image-quality measures and key
+    images after the SEG and SR, changes when things happen, not what comes out."""
     import nibabel as nib
     import pydicom
 
@@ -186,7 +186,10 @@ def test_overlapped_and_sequential_runs_give_the_same_result(folder_result, phan
 
     assert comparable(res_s) == comparable(res_o)
     assert res_s.protocol == res_o.protocol and res_s.warnings == res_o.warnings
-    assert "protocol.background" in res_o.timings_s and "protocol.background" not in res_s.timings_s
+    # the default policy does not refuse on image quality: measured after the SEG and SR, in both modes
+    assert "image_quality" in res_o.timings_s and "image_quality" in res_s.timings_s
+    assert "protocol.background" not in res_o.timings_s
+    assert res_o.timings_s["total.results"] < res_o.timings_s["total"]
     for name in ("labels.nii.gz", "instances.nii.gz"):
         a, b = (np.asarray(nib.load(str(d / name)).dataobj) for d in (out_o, out_s))
         assert np.array_equal(a, b), name
