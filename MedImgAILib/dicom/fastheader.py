@@ -74,10 +74,13 @@ class _Bail(Exception):
 class FastHeader:
     """Decoded values by keyword, with ``get`` and ``in`` like a pydicom Dataset (values only)."""
 
-    __slots__ = ("values", "transfer_syntax_uid", "pixel_tag_pos", "pixel_value_offset", "pixel_value_length", "implicit")
+    __slots__ = ("values", "texts", "transfer_syntax_uid", "pixel_tag_pos", "pixel_value_offset", "pixel_value_length",
+                 "implicit")
 
     def __init__(self) -> None:
         self.values: dict[str, Any] = {}
+        #: decimal strings as written (an object that copies a position copies the file's text)
+        self.texts: dict[str, str] = {}
         self.transfer_syntax_uid = ""
         self.pixel_tag_pos: int | None = None
         self.pixel_value_offset: int | None = None
@@ -234,7 +237,10 @@ def _parse(buf: bytes) -> FastHeader | None:
         if length == 0xFFFFFFFF or pos + hdr + length > n:
             return None
         if length:
-            v = _decode(buf[pos + hdr : pos + hdr + length], want[1])
+            raw = buf[pos + hdr : pos + hdr + length]
+            v = _decode(raw, want[1])
             if v is not None and v != "":
                 values[want[0]] = v
+                if want[1] == "DS":
+                    h.texts[want[0]] = raw.decode("ascii").strip(" \x00")
         pos += hdr + length

@@ -130,6 +130,24 @@ class InstanceHeader:
     def get(self, keyword: str) -> Any:
         return _get(self.header, keyword)
 
+    def text(self, keyword: str) -> str | None:
+        """A decimal string value as the file writes it (None when absent or not read as text)."""
+        from .fastheader import FastHeader
+
+        if isinstance(self.header, FastHeader):
+            return self.header.texts.get(keyword)
+        try:
+            elem = self.header.get_item(_tag_vr(keyword)[0])
+        except KeyError:
+            return None
+        if elem is None:
+            return None
+        if getattr(elem, "is_raw", False):
+            return bytes(elem.value or b"").decode("ascii", "replace").strip(" \x00") or None
+        values = elem.value if elem.VM != 1 else [elem.value]
+        texts = [getattr(v, "original_string", None) for v in values]
+        return "\\".join(texts) if texts and all(texts) else None
+
 
 @dataclass
 class SeriesRef:

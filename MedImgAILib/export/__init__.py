@@ -148,12 +148,15 @@ def _key_image_references(findings: Sequence[Finding], srcs: Sequence[Dataset], 
 
 
 def _slices_copied_from(instance_map: np.ndarray, findings: Sequence[Finding], key_images: bool) -> list[int]:
-    """The slices whose headers the objects copy attributes from (the rest are referenced by UID):
-    the first, those holding a segmented voxel (the SEG's frames) and the key-image slices."""
+    """The slices whose headers the objects copy attributes from; the rest are referenced by UID.
+    The first slice (the SR's source series), the first slice holding a segmented voxel (highdicom
+    copies patient, study and equipment from the first of the SEG's source images; of the others it
+    takes the UIDs and the position, which reference-only datasets carry as the file writes them)
+    and the key-image slices (each key image copies its slice's header)."""
     nk = instance_map.shape[0]
     labelled = np.flatnonzero(instance_map.reshape(nk, -1).max(axis=1)) if findings and instance_map.size else []
     keys = [int(f.slice_index) for f in findings if f.slice_index is not None] if key_images else []
-    return sorted({0, *map(int, labelled), *keys})
+    return sorted({0, *map(int, labelled[:1]), *keys})
 
 
 __all__ = [

@@ -43,6 +43,12 @@ def test_fast_header_matches_pydicom_on_every_shipped_file(pydicom_testdata: Pat
         fast = read_header(f)
         for attr in ("pixel_value_offset", "pixel_value_length", "has_pixel_data", "transfer_syntax_uid", "rows", "columns", "bits_stored", "number_of_frames"):
             assert getattr(fast, attr) == getattr(full, attr), (f.name, attr)
+        # decimal strings as the file writes them, from either reader (the SEG copies positions verbatim)
+        for kw, vr in WANTED.values():
+            if vr == "DS" and fh.get(kw) is not None:
+                written = pydicom.dcmread(f, stop_before_pixels=True)[kw]
+                text = "\\".join(v.original_string for v in (written.value if written.VM > 1 else [written.value]))
+                assert fast.text(kw) == text.strip() and full.text(kw) == text.strip(), (f.name, kw)
     assert accepted >= 60 and declined >= 10
 
 
