@@ -745,12 +745,12 @@ class StudyAnalyzer:
                 self._queue.task_done()
 
     def _analyze_one(self, study_uid: str, paths: list[Path]) -> None:
-        from .dicom.scan import scan
+        from .dicom.scan import holds_an_image
 
         out = self.results_root / study_uid
         try:
             folder = Path(os.path.commonpath([str(p.parent) for p in paths])) if paths else None
-            if folder is None or not any(r.is_image for r in scan(folder)):
+            if folder is None or not holds_an_image(paths):  # analyze() scans the folder itself
                 self.done.append((study_uid, "no-images"))
                 return
             analyze(folder, out, self.options)

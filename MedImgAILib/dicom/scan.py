@@ -464,6 +464,23 @@ def _read_or_skip(path: str) -> InstanceHeader | tuple[str, str]:
         return (path, f"cannot read file ({exc.strerror or exc})")
 
 
+def non_image_kind(sop_class_uid: str) -> str:
+    """What an instance of this SOP class is when it is not an image (Segmentation, Structured
+    Report, ...), or "" for images."""
+    kind = NON_IMAGE_SOP_CLASSES.get(sop_class_uid, "")
+    return "Structured Report" if not kind and sop_class_uid.startswith(_SR_PREFIX) else kind
+
+
+def holds_an_image(paths: Iterable[str | os.PathLike]) -> bool:
+    """Whether any of the files is a readable DICOM image, stopping at the first (a study that
+    arrives at the listener is usually images, and only a study of SEG/SR objects is read whole)."""
+    for p in paths:
+        h = _read_or_skip(str(p))
+        if isinstance(h, InstanceHeader) and not non_image_kind(h.sop_class_uid):
+            return True
+    return False
+
+
 def _orientation_key(s: SliceHeader) -> tuple:
     o = s.orientation
     ok = tuple(round(x, 4) + 0.0 for x in o) if o is not None else None
@@ -485,9 +502,7 @@ def group_series(headers: Sequence[InstanceHeader]) -> list[SeriesRef]:
     out: list[SeriesRef] = []
     for uid, hs in by_uid.items():
         first = hs[0]
-        kind = NON_IMAGE_SOP_CLASSES.get(first.sop_class_uid, "")
-        if not kind and first.sop_class_uid.startswith(_SR_PREFIX):
-            kind = "Structured Report"
+        kind = non_image_kind(first.sop_class_uid)
         common = dict(
             series_instance_uid=uid,
             study_instance_uid=first.study_instance_uid,

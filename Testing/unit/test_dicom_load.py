@@ -371,3 +371,14 @@ def test_instance_numbers_out_of_position_order_are_reported(tmp_path: Path) -> 
     vol = load_volume(s.folder)
     assert vol.extra["instance_number_order"] == "mixed"
     assert any("InstanceNumber does not follow the slice positions" in w for w in vol.warnings)
+
+
+def test_holds_an_image_stops_at_the_first_image_and_skips_seg_and_unreadable_files(ct3slice_dir: Path, tmp_path: Path) -> None:
+    from MedImgAILib.dicom.scan import holds_an_image
+
+    junk = tmp_path / "junk.dcm"
+    junk.write_bytes(b"not dicom")
+    seg = ct3slice_dir / "liver_seg.dcm"
+    assert not holds_an_image([junk, seg])
+    assert holds_an_image([junk, seg, *sorted(ct3slice_dir.glob("0?.dcm"))])
+    assert not holds_an_image([])
