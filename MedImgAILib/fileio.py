@@ -15,6 +15,14 @@ if TYPE_CHECKING:
 _deferred: ContextVar[bool] = ContextVar("medimgai_deferred_durability", default=False)
 
 
+def parse_yaml(text: str) -> Any:
+    """``yaml.safe_load`` through libyaml's loader when PyYAML has it (same semantics, ~10x faster:
+    the model cards, protocols and rule sets are read on every analysis). Raises ``yaml.YAMLError``."""
+    import yaml  # only where YAML is read: importing it costs a command ~30 ms
+
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 @contextmanager
 def atomic_output(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
     """A file open on a temporary name in ``path``'s folder; on a clean exit it is flushed to disk and

@@ -11,6 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from ..errors import ContentError, ModelError
+from ..fileio import parse_yaml
 from ..resources import resource_path
 from .card import ModelCard
 
@@ -38,7 +39,7 @@ def load_card(path: str | os.PathLike[str]) -> ModelCard:
     """Read and validate one card; errors name the file and the field."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = parse_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ModelNotFoundError(f"model card {path} does not exist") from None
     except yaml.YAMLError as exc:

@@ -15,6 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from ..fileio import parse_yaml
 from .errors import PacsSettingsError
 from .quicksettings import DEFAULT_SETTINGS_PATH, INLINE_RE as _INLINE_RE, SETTINGS_ENV, validate_aet
 
@@ -142,7 +143,7 @@ def load_settings(path: str | Path | None = None) -> PacsSettings:
             import yaml  # only for YAML files: importing it costs every command ~30 ms
 
             try:
-                raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+                raw = parse_yaml(p.read_text(encoding="utf-8")) or {}
             except yaml.YAMLError as exc:
                 raise PacsSettingsError(f"PACS settings file {p} is not valid: {exc}") from exc
         else:

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 
 from ..dicom.metadata import SeriesMetadata
 from ..errors import ContentError, ProtocolError
+from ..fileio import parse_yaml
 from ..resources import resource_path
 from .schema import Protocol
 
@@ -36,7 +37,7 @@ def _known_metadata_fields() -> set[str]:
 
 def load_protocol_file(path: Path) -> Protocol:
     try:
-        data = yaml.safe_load(path.read_text())
+        data = parse_yaml(path.read_text())
     except yaml.YAMLError as exc:
         raise ContentError(f"protocol file {path}: not valid YAML: {exc}") from exc
     except OSError as exc:

@@ -21,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import ContentError
+from ..fileio import parse_yaml
 from ..results import Code
 
 NoduleType = Literal["solid", "part-solid", "ground-glass"]
@@ -276,8 +277,7 @@ def load_rule_set_file(path: str | Path) -> RuleSet:
     except OSError as exc:
         raise ContentError(f"rule set {path}: cannot be read ({exc.strerror or exc})") from exc
     try:
-        # libyaml's safe loader when present (same semantics as yaml.safe_load, ~10x faster)
-        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        data = parse_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -22,6 +22,7 @@ import torch
 import yaml
 
 from ...errors import ContentError, WeightsError
+from ...fileio import parse_yaml
 from ...resources import resource_path
 from ...results import AnalysisResult, Code, Finding, ModelRef
 from ...volume import Volume
@@ -70,7 +71,7 @@ def load_card_data(path: Optional[Path] = None) -> dict[str, Any]:
     """The card as a dict. (The registry's pydantic ``ModelCard`` validates the same file.)"""
     p = path or card_path()
     try:
-        data = yaml.safe_load(p.read_text())
+        data = parse_yaml(p.read_text())
     except (OSError, yaml.YAMLError) as exc:
         raise ContentError(f"model card {p} cannot be read: {exc}") from exc
     if not isinstance(data, dict) or data.get("id") != CARD_ID:
