@@ -115,6 +115,9 @@ def print_result(result: Any, file: Any = None) -> None:
         console.print(f"[yellow]warning:[/yellow] {w}")
     if result.timings_s:
         console.print("Timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in result.timings_s.items() if "." not in k))
+        if "total.results" in result.timings_s:
+            console.print(f"SEG + SR {'stored' if result.context.get('sent_to') else 'written'} after "
+                          f"{result.timings_s['total.results']:.2f} s")
 
 
 def _num(v: Any, digits: int = 1) -> str:
