@@ -1,0 +1,174 @@
+"""export.encoding writes sequences ahead of pydicom: its bytes must be pydicom's own, for every VR and
+shape of value, every character set, defined and undefined lengths, and whatever it hands back to
+pydicom (raw elements, ambiguous VRs)."""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import io
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.valuerep import DA, DSfloat, IS, PersonName
+
+from MedImgAILib.export.encoding import encode_items, preencode_sequences, sequence_bytes_as_pydicom_writes
+
+
+def _item(**kw) -> Dataset:
+    ds = Dataset()
+    for k, v in kw.items():
+        setattr(ds, k, v)
+    return ds
+
+
+def _every_vr_item() -> Dataset:
+    """One item with each VR the exported objects use, and the awkward values of each."""
+    it = Dataset()
+    it.ReferencedSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # UI, odd length (NUL pad)
+    it.ReferencedSOPInstanceUID = "1.2.3.44"  # UI, even length
+    it.ImageType = ["DERIVED", "PRIMARY", "AXIAL"]  # CS, several values
+    it.Modality = "CT"
+    it.CodeValue = "27925004"  # SH
+    it.CodeMeaning = "Nodule"  # LO, even
+    it.SeriesDescription = "AI measures"  # LO, odd (space pad)
+    it.TextValue = "Lung-RADS v2022 4A: 3-month LDCT; PET/CT may be used"  # UT
+    it.ImageComments = ""  # LT, empty
+    it.ImagePositionPatient = [-125.5, DSfloat("-100.25"), 0]  # DS, several values
+    it.SliceThickness = DSfloat("1.250", auto_format=False)  # DS keeps its original string
+    it.NumericValue = DSfloat(3.14159265358979, auto_format=True)  # DS auto-formatted
+    it.InstanceNumber = IS("7")  # IS
+    it.Rows = 512  # US
+    it.DimensionIndexValues = [1, 2]  # UL, several
+    it.FloatingPointValue = 2.5e-3  # FD
+    it.RescaleSlope = None  # DS, empty
+    it.StudyDate = "20261129"  # DA as a string
+    it.ContentTime = "101010.123"  # TM as a string, odd length
+    it.ObservationDateTime = "20261129101010"  # DT
+    it.PersonName = "Doe^Jane"  # PN: pydicom writes it
+    it.AcquisitionDate = DA(datetime.date(2026, 11, 29))  # DA object: pydicom formats it
+    it.add_new(0x00091010, "LO", "private text")  # private creator-less element
+    it.add_new(0x00091011, "UN", b"\x01\x02")
+    it.add_new(0x00200000 + 0x10000, "UL", 4)  # retired group length: pydicom drops it
+    it.FrameIncrementPointer = 0x00181063  # AT
+    it.ConceptNameCodeSequence = [_item(CodeValue="121071", CodingSchemeDesignator="DCM", CodeMeaning="Finding")]
+    it.ContentSequence = []  # empty sequence
+    return it
+
+
+def _pydicom_bytes(items, charset=None) -> bytes:
+    ds = Dataset()
+    if charset is not None:
+        ds.SpecificCharacterSet = charset
+    ds.ReferencedImageSequence = copy.deepcopy(items)
+    b = sequence_bytes_as_pydicom_writes(ds, "ReferencedImageSequence")
+    return b[12:]  # the value, after tag, VR, reserved and length
+
+
+@pytest.mark.filterwarnings("ignore:Failed to encode value")  # Latin text in a Cyrillic set: pydicom replaces, both ways
+@pytest.mark.parametrize("charset", [None, "ISO_IR 100", "ISO_IR 192", ["", "ISO 2022 IR 87"], "ISO_IR 144"])
+def test_every_vr_is_encoded_as_pydicom_writes_it(charset):
+    items = [_every_vr_item(), _every_vr_item()]
+    items[1].CodeMeaning = "Knötchen"  # non-ASCII text: pydicom's charset encoding
+    items[1].PersonName = PersonName("Müller^Jürgen")
+    cs = charset if charset is not None else "iso8859"
+    assert encode_items(items, cs) == _pydicom_bytes(items, charset)
+
+
+def test_nested_specific_character_set_and_undefined_lengths():
+    inner = _item(CodeMeaning="Ŝtudo", SpecificCharacterSet="ISO_IR 192")
+    inner.is_undefined_length_sequence_item = True
+    outer = _item(ReferencedSOPInstanceUID="1.2.3")
+    outer.ConceptNameCodeSequence = [inner]
+    outer["ConceptNameCodeSequence"].is_undefined_length = True
+    assert encode_items([outer], "ISO_IR 100") == _pydicom_bytes([outer], "ISO_IR 100")
+
+
+def test_values_over_64k_and_lut_descriptors_are_pydicoms():
+    big = _item(ImageComments="x" * 70000)  # LT: 16-bit length overflows, pydicom writes UN
+    lut = _item(LUTDescriptor=[256, 0, 16])
+    lut["LUTDescriptor"].VR = "US"
+    with pytest.warns(UserWarning):
+        ours = encode_items([big, lut], "iso8859")
+    with pytest.warns(UserWarning):
+        theirs = _pydicom_bytes([big, lut])
+    assert ours == theirs
+
+
+def test_raw_and_ambiguous_elements_are_left_to_pydicom():
+    raw = Dataset()
+    raw[0x00081155] = RawDataElement(0x00081155, "UI", 4, b"1.2\0", 0, False, True)
+    assert encode_items([raw]) is None
+    amb = Dataset()
+    amb.add(DataElement(0x00283006, "US or OW", [1, 2, 3]))  # LUT Data
+    assert encode_items([amb]) is None
+
+
+def _decode_all(ds: Dataset) -> None:
+    """Convert every raw element (at any depth) of a dataset read from a file, in place."""
+    for tag in list(ds.keys()):
+        elem = ds[tag]
+        if elem.VR == "SQ":
+            for item in elem.value:
+                _decode_all(item)
+
+
+def _file_bytes(ds: Dataset) -> bytes:
+    b = io.BytesIO()
+    ds.save_as(b, enforce_file_format=True)
+    return b.getvalue()
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm", "rtplan.dcm", "waveform_ecg.dcm", "JPEG2000.dcm"])
+def test_real_files_with_sequences_are_written_byte_for_byte(name):
+    """pydicom's own test files, made to look built (not read) as our objects are: the pre-encoded
+    dataset writes the same file as pydicom does."""
+    src = pydicom.dcmread(get_testdata_file(name))
+    _decode_all(src)
+    built = Dataset()
+    for elem in src:  # decoded, as a freshly built dataset holds them
+        built.add(copy.deepcopy(elem))
+        # a built dataset's top-level sequences have defined lengths (those of undefined length are
+        # left to pydicom); nested ones keep the file's undefined lengths, which are encoded
+        built[elem.tag].is_undefined_length = False
+    built.file_meta = FileMetaDataset(src.file_meta)
+    built.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    if "PixelData" in built and src.file_meta.TransferSyntaxUID.is_compressed:
+        del built.PixelData
+    expected = _file_bytes(copy.deepcopy(built))
+    preencode_sequences(built)
+    assert {e.tag for e in built.elements() if e.is_raw} == {e.tag for e in src if e.VR == "SQ"}
+    assert _file_bytes(built) == expected
+    # and the sequences read back as they were
+    for elem in src:
+        if elem.VR == "SQ":
+            assert built[elem.tag].value == elem.value
+
+
+def test_other_transfer_syntaxes_are_left_alone():
+    ds = pydicom.dcmread(get_testdata_file("rtplan.dcm"))
+    ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+    preencode_sequences(ds)
+    assert not any(e.is_raw and e.VR == "SQ" for e in ds.elements())
+
+
+def test_sequence_values_read_back_equal():
+    items = Sequence([_every_vr_item()])
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.SOPInstanceUID = "1.2.3.4"
+    ds.ReferencedImageSequence = items
+    expected = _file_bytes(copy.deepcopy(ds))
+    preencode_sequences(ds)
+    assert ds.get_item("ReferencedImageSequence").is_raw
+    assert _file_bytes(ds) == expected
+    back = ds.ReferencedImageSequence[0]
+    assert back.CodeMeaning == "Nodule" and back.DimensionIndexValues == [1, 2]
+    assert back.ConceptNameCodeSequence[0].CodeValue == "121071"
