@@ -193,21 +193,23 @@ def _labelled_slices(seg_map: np.ndarray, box: Optional[tuple[slice, ...]]) -> n
     return np.flatnonzero(inside) + (box[0].start or 0)
 
 
+def reference_items(pairs: Sequence[tuple[str, str]]) -> list[Dataset]:
+    """Items of Referenced SOP Class UID + Referenced SOP Instance UID, one per (class, instance)
+    pair; elements made directly: keyword assignment costs twice as much."""
+    return [Dataset({_REF_CLASS: DataElement(_REF_CLASS, "UI", c), _REF_INSTANCE: DataElement(_REF_INSTANCE, "UI", i)})
+            for c, i in pairs]
+
+
 def _reference_all_sources(seg: Dataset, sources: Sequence[Dataset]) -> None:
     """Source Image Sequence and the Common Instance Reference list every image of the analysed
     series, as when all were given to highdicom: the whole series went into the segmentation, and a
     reader that asks the SEG for the frames of any of its slices (highdicom's
     ``get_pixels_by_source_instance``) must find it referenced."""
     pairs = [(s.SOPClassUID, s.SOPInstanceUID) for s in sources]
-
-    def refs() -> list[Dataset]:  # elements made directly: keyword assignment costs twice as much
-        return [Dataset({_REF_CLASS: DataElement(_REF_CLASS, "UI", c), _REF_INSTANCE: DataElement(_REF_INSTANCE, "UI", i)})
-                for c, i in pairs]
-
-    seg.SourceImageSequence = refs()
+    seg.SourceImageSequence = reference_items(pairs)
     series = Dataset()
     series.SeriesInstanceUID = sources[0].SeriesInstanceUID  # source_datasets() checked: one series
-    series.ReferencedInstanceSequence = refs()
+    series.ReferencedInstanceSequence = reference_items(pairs)
     seg.ReferencedSeriesSequence = [series]
 
 
