@@ -16,12 +16,13 @@ import numpy as np
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
-from pydicom.uid import generate_uid
+from pydicom.uid import UID, generate_uid
 
 from ..errors import ExportError
 from ..findings.extract import LabelSpec, foreground_box
 from ..results import Code, Finding
 from ..volume import Volume
+from . import _highdicom  # noqa: F401  (installs the memoized IOD look-up highdicom asks per source image)
 from .common import quiet_phi_warnings, DeviceInfo, ExportUIDs, add_related_series, check_label_grid, hd_code, write_atomic
 
 
@@ -195,9 +196,18 @@ def _labelled_slices(seg_map: np.ndarray, box: Optional[tuple[slice, ...]]) -> n
 
 def reference_items(pairs: Sequence[tuple[str, str]]) -> list[Dataset]:
     """Items of Referenced SOP Class UID + Referenced SOP Instance UID, one per (class, instance)
-    pair; elements made directly: keyword assignment costs twice as much."""
-    return [Dataset({_REF_CLASS: DataElement(_REF_CLASS, "UI", c), _REF_INSTANCE: DataElement(_REF_INSTANCE, "UI", i)})
-            for c, i in pairs]
+    pair. The elements are made directly (keyword assignment costs twice as much), from UID values
+    as pydicom holds them (the sources' own): no conversion and validation again, a third of the time."""
+    def uid(v: str) -> UID:
+        return v if isinstance(v, UID) else UID(v)
+
+    return [
+        Dataset({
+            _REF_CLASS: DataElement(_REF_CLASS, "UI", uid(c), already_converted=True),
+            _REF_INSTANCE: DataElement(_REF_INSTANCE, "UI", uid(i), already_converted=True),
+        })
+        for c, i in pairs
+    ]
 
 
 def _reference_all_sources(seg: Dataset, sources: Sequence[Dataset]) -> None:

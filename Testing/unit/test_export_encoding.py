@@ -172,3 +172,26 @@ def test_sequence_values_read_back_equal():
     back = ds.ReferencedImageSequence[0]
     assert back.CodeMeaning == "Nodule" and back.DimensionIndexValues == [1, 2]
     assert back.ConceptNameCodeSequence[0].CodeValue == "121071"
+
+
+def test_memoized_iod_lookup_answers_as_highdicom():
+    """export._highdicom remembers highdicom's IOD table look-ups: the same answers, for every SOP class
+    highdicom knows and the attributes it asks about; an unknown SOP class still raises."""
+    import highdicom._standard_utils as su
+    import highdicom.base
+    import highdicom.sr.content
+
+    from MedImgAILib.export import _highdicom
+
+    original = su.is_attribute_in_iod.__wrapped_lookup__
+    assert su.is_attribute_in_iod is _highdicom.is_attribute_in_iod
+    assert highdicom.base.is_attribute_in_iod is _highdicom.is_attribute_in_iod
+    assert highdicom.sr.content.is_attribute_in_iod is _highdicom.is_attribute_in_iod
+    questions = [("NumberOfFrames", None), ("PixelData", ["IconImageSequence"]), ("ContentDate", None),
+                 ("FloatPixelData", ["IconImageSequence"]), ("ContentTime", None)]
+    for uid in list(su.get_sop_class_iod_map())[::3]:
+        for attr, exclude in questions:
+            for _ in range(2):  # computed, then remembered
+                assert _highdicom.is_attribute_in_iod(attr, uid, exclude) == original(attr, uid, exclude), (uid, attr)
+    with pytest.raises(KeyError):
+        _highdicom.is_attribute_in_iod("PixelData", "1.2.3.4")
