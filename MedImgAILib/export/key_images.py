@@ -62,6 +62,22 @@ def caption(f: Finding) -> list[str]:
     return lines
 
 
+def outline_paths(outline: np.ndarray, scale: int) -> list[list[tuple[float, float]]]:
+    """The outline of a 2D mask as closed paths in the drawing's pixel coordinates (pixel centres
+    at (i + 0.5) * scale). Traced on the mask's bounding box padded by one (so paths close at the
+    edge), not on the whole slice: the same points, since a 0/1 mask puts them on whole and half
+    pixels, which the shift keeps exact."""
+    rows, cols = np.flatnonzero(outline.any(axis=1)), np.flatnonzero(outline.any(axis=0))
+    if rows.size == 0:
+        return []
+    j0, i0 = int(rows[0]), int(cols[0])
+    crop = outline[j0 : int(rows[-1]) + 1, i0 : int(cols[-1]) + 1]
+    return [
+        [((x - 1 + i0 + 0.5) * scale, (y - 1 + j0 + 0.5) * scale) for y, x in c]
+        for c in find_contours(np.pad(crop.astype(np.float32), 1), 0.5)
+    ]
+
+
 def render_key_image(
     image: Volume,
     f: Finding,
@@ -88,13 +104,7 @@ def render_key_image(
     if component_mask is not None:
         outline = component_mask if component_mask.ndim == 2 else component_mask[k]
     if outline is not None and outline.any():
-        # contours of the lesion's bounding box (padded by one so they close), not of the whole slice:
-        # the same points (a 0/1 mask puts them on whole and half pixels, exact after the shift)
-        rows, cols = np.flatnonzero(outline.any(axis=1)), np.flatnonzero(outline.any(axis=0))
-        j0, i0 = int(rows[0]), int(cols[0])
-        crop = outline[j0 : int(rows[-1]) + 1, i0 : int(cols[-1]) + 1]
-        for c in find_contours(np.pad(crop.astype(np.float32), 1), 0.5):
-            pts = [((x - 1 + i0 + 0.5) * scale, (y - 1 + j0 + 0.5) * scale) for y, x in c]
+        for pts in outline_paths(outline, scale):
             draw.line(pts + [pts[0]], fill=OUTLINE_RGB, width=1)
     if len(f.long_axis_lps_mm) == 2:
         draw.line([to_px(p) for p in f.long_axis_lps_mm], fill=LONG_RGB, width=2)

@@ -219,3 +219,27 @@ def test_seg_foreground_box_matches_the_findings_one(dtype, shape):
     view = np.zeros((4, 8, 16), dtype=np.uint16)[:, :, ::2]  # not contiguous: plain any()
     view[2, 3, 4] = 9
     assert _foreground_box(view) == foreground_box(view)
+
+
+def test_key_image_outline_traced_on_the_lesion_box_is_the_whole_slice_outline():
+    """Key-image outlines come from the mask's bounding box: the very paths (points and order) that
+    tracing the whole slice gives, for blobs at the edges, several blobs and holes."""
+    from scipy import ndimage
+    from skimage.measure import find_contours
+
+    from MedImgAILib.export.key_images import outline_paths
+
+    rng = np.random.default_rng(7)
+    yy, xx = np.ogrid[:96, :128]
+    for trial in range(40):
+        m = np.zeros((96, 128), bool)
+        for _ in range(1 + trial % 3):
+            cy, cx, r = rng.integers(0, 96), rng.integers(0, 128), rng.uniform(0.6, 15)
+            m |= (yy - cy) ** 2 / (r * rng.uniform(0.5, 1.5)) ** 2 + (xx - cx) ** 2 / r**2 <= 1
+        if trial % 5 == 0:
+            m &= ~ndimage.binary_erosion(m, iterations=2)  # rings: inner contours too
+        scale = 1 + trial % 3
+        whole = [[((x - 1 + 0.5) * scale, (y - 1 + 0.5) * scale) for y, x in c]
+                 for c in find_contours(np.pad(m.astype(np.float32), 1), 0.5)]
+        assert outline_paths(m, scale) == whole
+    assert outline_paths(np.zeros((4, 4), bool), 2) == []
