@@ -204,8 +204,11 @@ def _foreground_box(arr: np.ndarray) -> Optional[tuple[slice, slice, slice]]:
     if ks.size == 0:
         return None
     slab = arr[ks[0] : ks[-1] + 1]
-    js = np.flatnonzero(slab.any(axis=(0, 2)))
-    is_ = np.flatnonzero(slab.any(axis=(0, 1)))
+    if arr.dtype.kind in "uib":  # the slab's maximum bit pattern per pixel, then its rows and columns
+        top = slab.view(np.dtype(f"u{arr.itemsize}")).max(axis=0)  # ints: nonzero exactly when the bits are
+        js, is_ = np.flatnonzero(top.any(axis=1)), np.flatnonzero(top.any(axis=0))
+    else:
+        js, is_ = np.flatnonzero(slab.any(axis=(0, 2))), np.flatnonzero(slab.any(axis=(0, 1)))
     return slice(int(ks[0]), int(ks[-1]) + 1), slice(int(js[0]), int(js[-1]) + 1), slice(int(is_[0]), int(is_[-1]) + 1)
 
 
