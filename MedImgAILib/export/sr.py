@@ -26,10 +26,21 @@ from .seg import reference_items
 from . import _highdicom  # noqa: F401  (installs the memoized IOD look-up highdicom asks per source image)
 from .common import quiet_phi_warnings, PRIVATE_SCHEME, DeviceInfo, ExportUIDs, add_private_scheme, hd_code, write_atomic
 
-MM = codes.UCUM.Millimeter
-MM3 = codes.UCUM.CubicMillimeter
-HU = codes.UCUM.HounsfieldUnit
-ATTENUATION = codes.DCM.AttenuationCoefficient
+# The concepts every measurement group names, as highdicom's CodedConcept once: given pydicom Codes,
+# highdicom converts each use into a new dataset (~0.1 ms a measurement). Items share these
+# datasets, which nothing changes after the report is built; the bytes written are the same.
+MM = CodedConcept.from_code(codes.UCUM.Millimeter)
+MM3 = CodedConcept.from_code(codes.UCUM.CubicMillimeter)
+HU = CodedConcept.from_code(codes.UCUM.HounsfieldUnit)
+ATTENUATION = CodedConcept.from_code(codes.DCM.AttenuationCoefficient)
+_VOLUME = CodedConcept.from_code(codes.SCT.Volume)
+_LONG_AXIS = CodedConcept.from_code(codes.SCT.LongAxis)
+_SHORT_AXIS = CodedConcept.from_code(codes.SCT.ShortAxis)
+_DIAMETER = CodedConcept.from_code(codes.SCT.Diameter)
+_MEAN = CodedConcept.from_code(codes.SCT.Mean)
+_MAXIMUM = CodedConcept.from_code(codes.SCT.Maximum)
+_SD = CodedConcept.from_code(codes.SCT.StandardDeviation)
+_RECOMMENDATION = CodedConcept.from_code(codes.DCM.Recommendation)
 
 #: (system, version) -> concept name of the category evaluation. No public terminology codes the
 #: Lung-RADS / Fleischner category itself, so the concepts are in the private scheme 99MEDIMGAI.
@@ -76,13 +87,13 @@ def finding_group(
     finding_type = hd_code(f.finding_code, f"finding {f.id} ({f.label}) type")
     sites = [hd.sr.FindingSite(anatomic_location=hd_code(f.site_code, f"finding {f.id} site"))] if f.site_code else None
     ms = [
-        _measurement(codes.SCT.Volume, f.volume_mm3, MM3),
-        _measurement(codes.SCT.LongAxis, f.long_axis_mm, MM),
-        _measurement(codes.SCT.ShortAxis, f.short_axis_mm, MM),
-        _measurement(codes.SCT.Diameter, f.mean_diameter_mm, MM, derivation=codes.SCT.Mean),
-        _measurement(codes.SCT.Diameter, f.max_3d_diameter_mm, MM, derivation=codes.SCT.Maximum),
-        _measurement(ATTENUATION, f.mean_hu, HU, derivation=codes.SCT.Mean),
-        _measurement(ATTENUATION, f.sd_hu, HU, derivation=codes.SCT.StandardDeviation),
+        _measurement(_VOLUME, f.volume_mm3, MM3),
+        _measurement(_LONG_AXIS, f.long_axis_mm, MM),
+        _measurement(_SHORT_AXIS, f.short_axis_mm, MM),
+        _measurement(_DIAMETER, f.mean_diameter_mm, MM, derivation=_MEAN),
+        _measurement(_DIAMETER, f.max_3d_diameter_mm, MM, derivation=_MAXIMUM),
+        _measurement(ATTENUATION, f.mean_hu, HU, derivation=_MEAN),
+        _measurement(ATTENUATION, f.sd_hu, HU, derivation=_SD),
     ]
     evaluations = [hd.sr.QualitativeEvaluation(name=category_concept(c), value=category_value(c)) for c in f.categories]
     group = hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
@@ -104,7 +115,7 @@ def finding_group(
         if c.recommendation:
             container.ContentSequence.append(
                 hd.sr.TextContentItem(
-                    name=codes.DCM.Recommendation,
+                    name=_RECOMMENDATION,
                     value=f"{c.system} {c.version} {c.value}: {c.recommendation}"[:1024],
                     relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
                 )
