@@ -145,7 +145,7 @@ def _draw_masks(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, size:
 def _masks_match_draw_text(size: int) -> bool:
     """Whether drawing the remembered masks gives ImageDraw.text's pixels with this Pillow (it does
     with Pillow 13: same render call, same blend); checked once per size, else ImageDraw.text is used."""
-    probe = "F12 ground-glass (part-solid) 17.2 x 15.1 mm, Lung-RADS 4B; volume -63 HU"
+    probe = "Fy (4B) -6.3 mm"
     a = Image.new("RGB", (size * 40, size * 3), (90, 90, 90))
     b = a.copy()
     ImageDraw.Draw(a).text((6, 4), probe, fill=TEXT_RGB, font=_font(size), stroke_width=STROKE_WIDTH, stroke_fill=STROKE_RGB)
