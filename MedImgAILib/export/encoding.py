@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import operator
 import struct
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional
 
 import numpy as np
 from pydicom.charset import convert_encodings, encode_string
@@ -26,8 +26,7 @@ from pydicom.filewriter import correct_ambiguous_vr, write_data_element
 from pydicom.multival import MultiValue
 from pydicom.tag import _LUT_DESCRIPTOR_TAGS
 from pydicom.uid import ExplicitVRLittleEndian
-from pydicom.valuerep import PersonName
-from pydicom.valuerep import AMBIGUOUS_VR, EXPLICIT_VR_LENGTH_32
+from pydicom.valuerep import AMBIGUOUS_VR, EXPLICIT_VR_LENGTH_32, PersonName
 
 # pydicom's default (no Specific Character Set) and the encoding of its plain-string VRs
 _DEFAULT_ENCODING = "iso8859"
@@ -257,4 +256,4 @@ def sequence_bytes_as_pydicom_writes(ds: Dataset, keyword: str) -> bytes:
     return _pydicom_element(elem, ds.get("SpecificCharacterSet", _DEFAULT_ENCODING))
 
 
-__all__: Sequence[str] = ("encode_items", "preencode_sequences", "sequence_bytes_as_pydicom_writes")
+__all__ = ["encode_items", "preencode_sequences", "sequence_bytes_as_pydicom_writes"]
