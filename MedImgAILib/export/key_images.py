@@ -7,6 +7,7 @@ is NO.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Optional, Sequence
@@ -20,6 +21,7 @@ from skimage.measure import find_contours
 from ..errors import ExportError
 from ..results import Finding
 from ..volume import Volume
+from . import _highdicom  # noqa: F401  (installs the memoized IOD look-up highdicom asks per source image)
 from .common import quiet_phi_warnings, DeviceInfo, ExportUIDs, add_related_series, write_atomic
 
 LUNG_WINDOW = (-600.0, 1500.0)  # centre, width
@@ -60,6 +62,22 @@ def caption(f: Finding) -> list[str]:
     return lines
 
 
+def outline_paths(outline: np.ndarray, scale: int) -> list[list[tuple[float, float]]]:
+    """The outline of a 2D mask as closed paths in the drawing's pixel coordinates (pixel centres
+    at (i + 0.5) * scale). Traced on the mask's bounding box padded by one (so paths close at the
+    edge), not on the whole slice: the same points, since a 0/1 mask puts them on whole and half
+    pixels, which the shift keeps exact."""
+    rows, cols = np.flatnonzero(outline.any(axis=1)), np.flatnonzero(outline.any(axis=0))
+    if rows.size == 0:
+        return []
+    j0, i0 = int(rows[0]), int(cols[0])
+    crop = outline[j0 : int(rows[-1]) + 1, i0 : int(cols[-1]) + 1]
+    return [
+        [((x - 1 + i0 + 0.5) * scale, (y - 1 + j0 + 0.5) * scale) for y, x in c]
+        for c in find_contours(np.pad(crop.astype(np.float32), 1), 0.5)
+    ]
+
+
 def render_key_image(
     image: Volume,
     f: Finding,
@@ -86,20 +104,70 @@ def render_key_image(
     if component_mask is not None:
         outline = component_mask if component_mask.ndim == 2 else component_mask[k]
     if outline is not None and outline.any():
-        for c in find_contours(np.pad(outline.astype(np.float32), 1), 0.5):
-            pts = [((x - 1 + 0.5) * scale, (y - 1 + 0.5) * scale) for y, x in c]
+        for pts in outline_paths(outline, scale):
             draw.line(pts + [pts[0]], fill=OUTLINE_RGB, width=1)
     if len(f.long_axis_lps_mm) == 2:
         draw.line([to_px(p) for p in f.long_axis_lps_mm], fill=LONG_RGB, width=2)
     if len(f.short_axis_lps_mm) == 2:
         draw.line([to_px(p) for p in f.short_axis_lps_mm], fill=SHORT_RGB, width=2)
     size = max(12, img.height // 40)
-    font = ImageFont.load_default(size=size)
     y = 4
     for line in caption(f):
-        draw.text((6, y), line, fill=TEXT_RGB, font=font, stroke_width=2, stroke_fill=(0, 0, 0))
+        draw_caption_line(draw, (6, y), line, size)
         y += size + 4
     return np.asarray(img)
+
+
+STROKE_RGB = (0, 0, 0)
+STROKE_WIDTH = 2
+
+
+@functools.lru_cache(maxsize=8)
+def _font(size: int) -> ImageFont.FreeTypeFont:
+    return ImageFont.load_default(size=size)
+
+
+@functools.lru_cache(maxsize=1024)
+def _text_mask(text: str, size: int, stroke_width: int):
+    """The coverage mask of one line (FreeType's rendering, what ImageDraw.text draws) and its offset.
+    A caption line is rendered twice (outline, then fill) at ~0.6-1 ms each: the lines that recur
+    (categories, "Fleischner not applicable", "F1 nodule (solid)") are rendered once per process."""
+    return _font(size).getmask2(text, "L", None, None, None, stroke_width, "la", 0, (0.0, 0.0), stroke_filled=True)
+
+
+def _draw_masks(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, size: int) -> None:
+    for rgb, width in ((STROKE_RGB, STROKE_WIDTH), (TEXT_RGB, 0)):
+        mask, (dx, dy) = _text_mask(text, size, width)
+        draw.draw.draw_bitmap((xy[0] + dx, xy[1] + dy), mask, draw.draw.draw_ink(rgb))
+
+
+def _masks_match_draw_text(size: int) -> bool:
+    """Whether drawing the remembered masks gives ImageDraw.text's pixels with this Pillow (it does
+    with Pillow 13: same render call, same blend); checked once per size, else ImageDraw.text is used."""
+    probe = "Fy (4B) -6.3 mm"
+    a = Image.new("RGB", (size * 40, size * 3), (90, 90, 90))
+    b = a.copy()
+    ImageDraw.Draw(a).text((6, 4), probe, fill=TEXT_RGB, font=_font(size), stroke_width=STROKE_WIDTH, stroke_fill=STROKE_RGB)
+    try:
+        _draw_masks(ImageDraw.Draw(b), (6, 4), probe, size)
+    except Exception:  # a Pillow without these internals
+        return False
+    return a.tobytes() == b.tobytes()
+
+
+_MASKS_OK: dict[int, bool] = {}
+
+
+def draw_caption_line(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, size: int) -> None:
+    """``text`` in white with a black outline at ``xy`` (top left), exactly as
+    ``draw.text(xy, text, fill=TEXT_RGB, font=load_default(size), stroke_width=2, stroke_fill=black)``."""
+    ok = _MASKS_OK.get(size)
+    if ok is None:
+        ok = _MASKS_OK[size] = _masks_match_draw_text(size)
+    if ok:
+        _draw_masks(draw, xy, text, size)
+    else:
+        draw.text(xy, text, fill=TEXT_RGB, font=_font(size), stroke_width=STROKE_WIDTH, stroke_fill=STROKE_RGB)
 
 
 def build_key_images(

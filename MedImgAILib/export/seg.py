@@ -16,12 +16,13 @@ import numpy as np
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
-from pydicom.uid import generate_uid
+from pydicom.uid import UID, generate_uid
 
 from ..errors import ExportError
-from ..findings.extract import LabelSpec, foreground_box
+from ..findings.extract import LabelSpec
 from ..results import Code, Finding
 from ..volume import Volume
+from . import _highdicom  # noqa: F401  (installs the memoized IOD look-up highdicom asks per source image)
 from .common import quiet_phi_warnings, DeviceInfo, ExportUIDs, add_related_series, check_label_grid, hd_code, write_atomic
 
 
@@ -115,7 +116,7 @@ def build_seg(
     values = [int(s.value) for s in segments]
     # Which values occur: count the labelled voxels inside the bounding box of all of them (lesions
     # fill a few percent of a 512x512x300 grid; a full-volume mask costs a pass over all of it).
-    box = foreground_box(arr)
+    box = _foreground_box(arr)
     sub = arr[box] if box is not None else arr[:0]
     labelled = sub[sub > 0]  # bincount widens to int64: only the labelled voxels (negatives are none)
     counts = np.bincount(labelled.ravel(), minlength=max(values) + 1) if labelled.size else np.zeros(max(values) + 1)
@@ -184,6 +185,33 @@ def build_seg(
 _REF_CLASS, _REF_INSTANCE = BaseTag(0x00081150), BaseTag(0x00081155)  # Referenced SOP Class / Instance UID
 
 
+def _nonzero_slices(arr: np.ndarray) -> np.ndarray:
+    """Whether each k slice holds a nonzero voxel, in one pass over the map. An integer map is read
+    as 8-byte words where its slices allow (a slice is nonzero exactly when one of its words is):
+    on a 512x512x300 uint16 map 18 ms instead of 42 ms for ``any`` (which reads element by element)."""
+    flat = arr.reshape(arr.shape[0], -1)
+    row_bytes = flat.shape[1] * flat.itemsize
+    if arr.dtype.kind in "uib" and flat.flags.c_contiguous and row_bytes % 8 == 0 and row_bytes:
+        return flat.view(np.uint64).max(axis=1) != 0
+    return flat.any(axis=1)
+
+
+def _foreground_box(arr: np.ndarray) -> Optional[tuple[slice, slice, slice]]:
+    """Bounding box of the nonzero voxels (None when there are none): the slice range from one pass
+    over the map, the row/column ranges from the slices in it only (findings.extract.foreground_box,
+    with the faster first pass)."""
+    ks = np.flatnonzero(_nonzero_slices(arr))
+    if ks.size == 0:
+        return None
+    slab = arr[ks[0] : ks[-1] + 1]
+    if arr.dtype.kind in "uib":  # the slab's maximum bit pattern per pixel, then its rows and columns
+        top = slab.view(np.dtype(f"u{arr.itemsize}")).max(axis=0)  # ints: nonzero exactly when the bits are
+        js, is_ = np.flatnonzero(top.any(axis=1)), np.flatnonzero(top.any(axis=0))
+    else:
+        js, is_ = np.flatnonzero(slab.any(axis=(0, 2))), np.flatnonzero(slab.any(axis=(0, 1)))
+    return slice(int(ks[0]), int(ks[-1]) + 1), slice(int(js[0]), int(js[-1]) + 1), slice(int(is_[0]), int(is_[-1]) + 1)
+
+
 def _labelled_slices(seg_map: np.ndarray, box: Optional[tuple[slice, ...]]) -> np.ndarray:
     """Indices k of the slices with a nonzero voxel (inside the foreground box: the rest is empty)."""
     if box is None:
@@ -193,21 +221,32 @@ def _labelled_slices(seg_map: np.ndarray, box: Optional[tuple[slice, ...]]) -> n
     return np.flatnonzero(inside) + (box[0].start or 0)
 
 
+def reference_items(pairs: Sequence[tuple[str, str]]) -> list[Dataset]:
+    """Items of Referenced SOP Class UID + Referenced SOP Instance UID, one per (class, instance)
+    pair. The elements are made directly (keyword assignment costs twice as much), from UID values
+    as pydicom holds them (the sources' own): no conversion and validation again, a third of the time."""
+    def uid(v: str) -> UID:
+        return v if isinstance(v, UID) else UID(v)
+
+    return [
+        Dataset({
+            _REF_CLASS: DataElement(_REF_CLASS, "UI", uid(c), already_converted=True),
+            _REF_INSTANCE: DataElement(_REF_INSTANCE, "UI", uid(i), already_converted=True),
+        })
+        for c, i in pairs
+    ]
+
+
 def _reference_all_sources(seg: Dataset, sources: Sequence[Dataset]) -> None:
     """Source Image Sequence and the Common Instance Reference list every image of the analysed
     series, as when all were given to highdicom: the whole series went into the segmentation, and a
     reader that asks the SEG for the frames of any of its slices (highdicom's
     ``get_pixels_by_source_instance``) must find it referenced."""
     pairs = [(s.SOPClassUID, s.SOPInstanceUID) for s in sources]
-
-    def refs() -> list[Dataset]:  # elements made directly: keyword assignment costs twice as much
-        return [Dataset({_REF_CLASS: DataElement(_REF_CLASS, "UI", c), _REF_INSTANCE: DataElement(_REF_INSTANCE, "UI", i)})
-                for c, i in pairs]
-
-    seg.SourceImageSequence = refs()
+    seg.SourceImageSequence = reference_items(pairs)
     series = Dataset()
     series.SeriesInstanceUID = sources[0].SeriesInstanceUID  # source_datasets() checked: one series
-    series.ReferencedInstanceSequence = refs()
+    series.ReferencedInstanceSequence = reference_items(pairs)
     seg.ReferencedSeriesSequence = [series]
 
 

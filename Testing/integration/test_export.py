@@ -232,6 +232,57 @@ def test_radiologist_confirmation_makes_the_sr_verified_with_a_person_observer(s
     assert dciodvfy_errors(dciodvfy, out.sr) == []
 
 
+def _copy_dates(src, dst) -> None:
+    """Give ``dst`` the dates and times of ``src`` (same structure), at every depth."""
+    for elem in src:
+        if elem.VR in ("DA", "TM", "DT"):
+            dst[elem.tag].value = elem.value
+        elif elem.VR == "SQ":
+            for a, b in zip(elem.value, dst[elem.tag].value):
+                _copy_dates(a, b)
+
+
+def _file_bytes(ds) -> bytes:
+    import io
+
+    b = io.BytesIO()
+    ds.save_as(b, enforce_file_format=True)
+    return b.getvalue()
+
+
+@pytest.mark.parametrize("case", ["device", "person", "study measurements", "no findings"])
+def test_sr_shortcuts_give_what_highdicom_builds_itself(study, monkeypatch, case):
+    """build_sr gives highdicom the root container without its children and one source image, then sets
+    the children and the whole evidence list itself: the same file as highdicom's own construction
+    (which copies, re-parses and searches the tree), dates and times aside; the same content too."""
+    from MedImgAILib.export import sr as srm
+    from MedImgAILib.export.key_images import build_key_images
+
+    img, findings, inst = study["img"], study["findings"], study["inst"]
+    srcs = source_datasets(study["paths"], img)
+    uids = ExportUIDs()
+    seg = build_seg(img.with_array(inst), srcs, segments_from_findings(findings, [NODULE_SPEC]), DEVICE, uids)
+    kis = build_key_images(img, findings, srcs, DEVICE, uids, instance_map=inst)
+    sources = [*srcs, srcs[0]]  # an instance twice (a multi-frame source): listed once
+    kwargs = {"person": dict(person_observer="Curie^Marie"),
+              "study measurements": dict(study_measurements={"total_nodule_volume_mm3": 123.4}),
+              "no findings": dict(absent_finding=NODULE_SPEC.finding_code)}.get(case, {})
+    if case == "no findings":
+        findings, seg, kis = [], None, []
+    monkeypatch.setattr(srm.hd, "UID", lambda: "1.2.826.0.1.3680043.8.498.1")  # the groups' own tracking UIDs
+    built = {}
+    for shortcuts in (True, False):
+        monkeypatch.setattr(srm, "SHORTCUTS", shortcuts)
+        built[shortcuts] = build_sr(findings, seg, sources, DEVICE, uids, extra_evidence=kis, **kwargs)
+    fast, ref = built[True], built[False]
+    assert str(fast.content) == str(ref.content)
+    _copy_dates(ref, fast)
+    assert _file_bytes(fast) == _file_bytes(ref)
+    series = {s.SeriesInstanceUID: s for s in fast.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence}
+    listed = [r.ReferencedSOPInstanceUID for r in series[img.series_instance_uid or srcs[0].SeriesInstanceUID].ReferencedSOPSequence]
+    assert listed == img.source_sop_instance_uids
+
+
 def _walk(ds):
     for item in ds.get("ContentSequence", []):
         yield item
