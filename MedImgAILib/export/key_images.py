@@ -127,47 +127,9 @@ def _font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
 
 
-@functools.lru_cache(maxsize=1024)
-def _text_mask(text: str, size: int, stroke_width: int):
-    """The coverage mask of one line (FreeType's rendering, what ImageDraw.text draws) and its offset.
-    A caption line is rendered twice (outline, then fill) at ~0.6-1 ms each: the lines that recur
-    (categories, "Fleischner not applicable", "F1 nodule (solid)") are rendered once per process."""
-    return _font(size).getmask2(text, "L", None, None, None, stroke_width, "la", 0, (0.0, 0.0), stroke_filled=True)
-
-
-def _draw_masks(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, size: int) -> None:
-    for rgb, width in ((STROKE_RGB, STROKE_WIDTH), (TEXT_RGB, 0)):
-        mask, (dx, dy) = _text_mask(text, size, width)
-        draw.draw.draw_bitmap((xy[0] + dx, xy[1] + dy), mask, draw.draw.draw_ink(rgb))
-
-
-def _masks_match_draw_text(size: int) -> bool:
-    """Whether drawing the remembered masks gives ImageDraw.text's pixels with this Pillow (it does
-    with Pillow 13: same render call, same blend); checked once per size, else ImageDraw.text is used."""
-    probe = "Fy (4B) -6.3 mm"
-    a = Image.new("RGB", (size * 40, size * 3), (90, 90, 90))
-    b = a.copy()
-    ImageDraw.Draw(a).text((6, 4), probe, fill=TEXT_RGB, font=_font(size), stroke_width=STROKE_WIDTH, stroke_fill=STROKE_RGB)
-    try:
-        _draw_masks(ImageDraw.Draw(b), (6, 4), probe, size)
-    except Exception:  # a Pillow without these internals
-        return False
-    return a.tobytes() == b.tobytes()
-
-
-_MASKS_OK: dict[int, bool] = {}
-
-
 def draw_caption_line(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, size: int) -> None:
-    """``text`` in white with a black outline at ``xy`` (top left), exactly as
-    ``draw.text(xy, text, fill=TEXT_RGB, font=load_default(size), stroke_width=2, stroke_fill=black)``."""
-    ok = _MASKS_OK.get(size)
-    if ok is None:
-        ok = _MASKS_OK[size] = _masks_match_draw_text(size)
-    if ok:
-        _draw_masks(draw, xy, text, size)
-    else:
-        draw.text(xy, text, fill=TEXT_RGB, font=_font(size), stroke_width=STROKE_WIDTH, stroke_fill=STROKE_RGB)
+    """``text`` in white with a black outline at ``xy`` (top left)."""
+    draw.text(xy, text, fill=TEXT_RGB, font=_font(size), stroke_width=STROKE_WIDTH, stroke_fill=STROKE_RGB)
 
 
 def build_key_images(

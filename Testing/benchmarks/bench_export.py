@@ -7,9 +7,8 @@ Steps: build_seg, build_key_images, build_sr, write_seg, write_sr, write_key_ima
 fresh objects and writes them once, as ``export_study`` does). "ours" is the export package as it is;
 "reference" is the same code with its shortcuts off: highdicom's own SR construction (content tree
 copied, re-parsed and searched; every source image given as evidence), pydicom's own writer (no
-pre-encoded sequences), highdicom's own IOD table look-ups and Pillow's ImageDraw.text for every
-caption line (ours: remembered line masks, emptied before each run, so only one study's repeats
-count). The SEG's labelled-slice scan and the key images' outline tracing are ours in both. Runs alternate (reference, ours); each figure is the
+pre-encoded sequences) and highdicom's own IOD table look-ups. The SEG's labelled-slice scan and
+the key images' outline tracing are ours in both. Runs alternate (reference, ours); each figure is the
 median over ``--runs``; CPU time (process) beside wall time, since the machines are shared. The two
 ways' files are checked to hold the same elements (UIDs, dates and times aside).
 """
@@ -68,25 +67,19 @@ def reference_mode():
     import highdicom._standard_utils as su
 
     import MedImgAILib.export.common as common
-    import MedImgAILib.export.key_images as kim
     import MedImgAILib.export.sr as srm
     from MedImgAILib.export import _highdicom
 
     original = _highdicom.is_attribute_in_iod.__wrapped_lookup__
     holders = [m for m in (su, sys.modules["highdicom.base"], sys.modules["highdicom.sr.content"])]
-    saved = (srm.SHORTCUTS, common.preencode_sequences, kim.draw_caption_line)
-
-    def draw_text(draw, xy, text, size):
-        draw.text(xy, text, fill=kim.TEXT_RGB, font=kim._font(size), stroke_width=kim.STROKE_WIDTH,
-                  stroke_fill=kim.STROKE_RGB)
-
-    srm.SHORTCUTS, common.preencode_sequences, kim.draw_caption_line = False, lambda ds: None, draw_text
+    saved = (srm.SHORTCUTS, common.preencode_sequences)
+    srm.SHORTCUTS, common.preencode_sequences = False, lambda ds: None
     for m in holders:
         m.is_attribute_in_iod = original
     try:
         yield
     finally:
-        srm.SHORTCUTS, common.preencode_sequences, kim.draw_caption_line = saved
+        srm.SHORTCUTS, common.preencode_sequences = saved
         for m in holders:
             m.is_attribute_in_iod = _highdicom.is_attribute_in_iod
 
@@ -158,8 +151,6 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         print(f"inputs: 512 x 512 x {args.slices} CT, five nodules ...", flush=True)
         inputs = make_inputs(work, args.slices)
-        from MedImgAILib.export.key_images import _text_mask
-
         print(f"{len(inputs[2])} findings; SEG frames from {int(inputs[1].reshape(args.slices, -1).any(axis=1).sum())} slices")
         with reference_mode():  # warm-up: first-call costs out of the figures
             one_run(inputs, work / "warm_ref")
@@ -170,7 +161,6 @@ def main(argv: list[str] | None = None) -> int:
             with reference_mode():
                 for s, v in one_run(inputs, work / "ref").items():
                     ref[s].append(v)
-            _text_mask.cache_clear()  # caption masks: only what one study reuses (a fresh process)
             for s, v in one_run(inputs, work / "ours").items():
                 ours[s].append(v)
         print(f"\nmedians of {args.runs} alternating runs (s)   reference wall / cpu      ours wall / cpu     ratio (cpu)")

@@ -243,25 +243,3 @@ def test_key_image_outline_traced_on_the_lesion_box_is_the_whole_slice_outline()
                  for c in find_contours(np.pad(m.astype(np.float32), 1), 0.5)]
         assert outline_paths(m, scale) == whole
     assert outline_paths(np.zeros((4, 4), bool), 2) == []
-
-
-@pytest.mark.parametrize("size", [12, 25, 51])
-def test_caption_lines_from_remembered_masks_are_what_imagedraw_draws(size):
-    """Key-image captions drawn from remembered glyph masks: the pixels of ImageDraw.text with the
-    outline, over a real-looking background, for each line twice (the second from the cache)."""
-    from PIL import Image, ImageDraw
-
-    from MedImgAILib.export.key_images import STROKE_RGB, STROKE_WIDTH, TEXT_RGB, _font, draw_caption_line
-
-    rng = np.random.default_rng(size)
-    background = Image.fromarray(rng.integers(0, 255, (size * 8, size * 40, 3), dtype=np.uint8))
-    lines = ["F1 nodule (solid)", "17.2 x 15.1 mm, mean 16.2 mm", "volume 2219 mm3, -63 HU", "Lung-RADS 4B",
-             "Fleischner not applicable", "F12 Knötchen (ground-glass)", "AVA Ty 0.1"]
-    for _ in range(2):
-        a, b = background.copy(), background.copy()
-        da, db = ImageDraw.Draw(a), ImageDraw.Draw(b)
-        for n, line in enumerate(lines):
-            xy = (6 + n, 4 + n * (size + 4) // 2)
-            da.text(xy, line, fill=TEXT_RGB, font=_font(size), stroke_width=STROKE_WIDTH, stroke_fill=STROKE_RGB)
-            draw_caption_line(db, xy, line, size)
-        assert np.array_equal(np.asarray(a), np.asarray(b))
