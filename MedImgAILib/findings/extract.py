@@ -111,6 +111,20 @@ def body_region(image: Volume, k: int) -> Optional[np.ndarray]:
     return lab == (int(np.argmax(sizes)) + 1)
 
 
+def fill_holes_2d(region: np.ndarray) -> np.ndarray:
+    """``ndimage.binary_fill_holes(region)`` of a 2D mask, by one labelling instead of a dilation
+    iterated to convergence (~4x cheaper on a 512x512 slice): the background's 4-connected
+    components that touch the image border are outside, every other background pixel is a hole.
+    That is the definition binary_fill_holes implements (its default structure is the 4-connected
+    cross and the border counts as background), so the result is the same mask."""
+    bg, n = ndimage.label(~region)
+    outside = np.zeros(n + 1, dtype=bool)  # per background label; 0 = the region itself (kept)
+    for edge in (bg[0], bg[-1], bg[:, 0], bg[:, -1]):
+        outside[edge] = True
+    outside[0] = False
+    return ~outside[bg]
+
+
 def body_midline_x_lps(image: Volume, k: int, body: Optional[np.ndarray] = None) -> Optional[float]:
     """LPS x of the body's left-right centre on slice k: the middle of the largest connected region
     above -500 HU (the body, not the table or air). None when no body is visible. ``body``: that
@@ -118,8 +132,14 @@ def body_midline_x_lps(image: Volume, k: int, body: Optional[np.ndarray] = None)
     body = body_region(image, k) if body is None else body
     if body is None or not body.any():
         return None
-    j, i = np.nonzero(body)
-    # extremes along the patient x axis of the body region
+    # x is affine in (i, j): along one row it is monotonic in i, so its extremes over the region are
+    # among the first and last region pixel of each row (two points a row, not every pixel)
+    rows = np.flatnonzero(body.any(axis=1))
+    in_rows = body[rows]
+    first = np.argmax(in_rows, axis=1)
+    last = body.shape[1] - 1 - np.argmax(in_rows[:, ::-1], axis=1)
+    j = np.concatenate([rows, rows])
+    i = np.concatenate([first, last])
     ijk = np.stack([i, j, np.full_like(i, k), np.ones_like(i)], axis=1).astype(np.float64)
     x = (ijk @ image.affine.T)[:, 0]
     return float((x.min() + x.max()) / 2.0)
@@ -136,16 +156,18 @@ def pleural_contact_fraction(image: Volume, mask: np.ndarray, off: tuple[int, in
     not enclosed by air, so its voxels are wall. A heuristic (vessels running in-plane to the hilum
     can join a nodule to the mediastinum): it sets ``Finding.juxtapleural`` at >= 10 %. ``body``: the
     slice's ``body_region`` when the caller has it already."""
+    m = mask[k - off[0]]
+    if not m.any():
+        return 0.0
     sl = np.asarray(image.array[k])
     region = body_region(image, k) if body is None else body
     if region is None or not region.any():
         return 0.0
-    body = ndimage.binary_fill_holes(region)
-    cavity = ndimage.binary_fill_holes(body & (sl <= -500))
-    wall = body & ~cavity
-    m = mask[k - off[0]]
-    crop = wall[off[1] : off[1] + m.shape[0], off[2] : off[2] + m.shape[1]]
-    return float((m & crop).sum()) / max(int(m.sum()), 1)
+    body = fill_holes_2d(region)
+    cavity = fill_holes_2d(body & (sl <= -500))
+    box = (slice(off[1], off[1] + m.shape[0]), slice(off[2], off[2] + m.shape[1]))
+    wall = body[box] & ~cavity[box]  # only where the lesion's crop lies
+    return float((m & wall).sum()) / max(int(m.sum()), 1)
 
 
 def _check_grid(labels: Volume, other: Volume, what: str) -> None:
@@ -192,37 +214,45 @@ def extract_findings(
     findings: list[Finding] = []
     instance = np.zeros(arr.shape, dtype=np.uint16) if return_instance_map else None
     # Lesions fill a few percent of the volume at most: find, label and count components only inside
-    # the bounding box of everything labelled. Every component lies wholly inside it and the crop keeps
-    # the raster order, so the components (and their numbering) are the full volume's.
-    fg_box = foreground_box(arr)
-    if fg_box is None:
+    # the boxes of the runs of consecutive labelled slices ("slabs"). No component crosses an empty
+    # slice, so each lies wholly inside one slab; slabs come in k order and a crop keeps the raster
+    # order, so numbering the slabs' components one after the other gives the full volume's numbering
+    # (and hence the same order among components of equal size).
+    slabs = foreground_slabs(arr)
+    if not slabs:
         return (findings, instance) if instance is not None else findings
-    sub = arr[fg_box]
-    origin = tuple(s.start for s in fg_box)
-    present = [int(v) for v in np.unique(sub) if v != 0]
+    subs = [arr[box] for box in slabs]
+    present = sorted({int(v) for sub in subs for v in np.unique(sub) if v != 0})
     for v in present:
         specs.setdefault(v, LabelSpec(value=v, name=f"label {v}"))
     for v in present:
         spec = specs[v]
         min_mm3 = spec.min_size_mm3 if min_size_mm3 is None else min_size_mm3
-        comp, n = ndimage.label(sub == v, structure=structure)
-        if n == 0:
+        # per component: (slab number, its label in that slab, its box in the slab)
+        comps: list[tuple[int, int, tuple[slice, ...]]] = []
+        labelled: list[np.ndarray] = []
+        for si, sub in enumerate(subs):
+            comp, n = ndimage.label(sub == v, structure=structure)
+            labelled.append(comp)
+            comps.extend((si, i, o) for i, o in enumerate(ndimage.find_objects(comp), start=1) if o is not None)
+        if not comps:
             continue
-        objects = ndimage.find_objects(comp)
         # voxel counts inside each component's own box (a bincount over the whole crop costs more)
-        counts = np.array([np.count_nonzero(comp[o] == i) for i, o in enumerate(objects, start=1)], dtype=np.int64)
+        counts = np.array([np.count_nonzero(labelled[si][o] == i) for si, i, o in comps], dtype=np.int64)
         order = np.argsort(-counts, kind="stable")
         for idx in order:
             if counts[idx] * vox_mm3 < min_mm3:
                 continue
-            obj = tuple(slice(s.start + o, s.stop + o) for s, o in zip(objects[idx], origin))
+            si, lab, o = comps[idx]
+            slab, origin = slabs[si], tuple(s.start for s in slabs[si])
+            obj = tuple(slice(s.start + o0, s.stop + o0) for s, o0 in zip(o, origin))
             bb = _expand(obj, arr.shape, 3)
-            # the component's mask on the expanded box: the crop's labels where they overlap it
-            # (the margin beyond the foreground box holds no label, hence no voxel of this component)
+            # the component's mask on the expanded box: the slab's labels where they overlap it
+            # (the margin beyond the slab's box holds no voxel of this component)
             mask = np.zeros(tuple(s.stop - s.start for s in bb), dtype=bool)
-            inner = tuple(slice(max(b.start, f.start), min(b.stop, f.stop)) for b, f in zip(bb, fg_box))
+            inner = tuple(slice(max(b.start, f.start), min(b.stop, f.stop)) for b, f in zip(bb, slab))
             mask[tuple(slice(i.start - b.start, i.stop - b.start) for i, b in zip(inner, bb))] = (
-                comp[tuple(slice(i.start - o, i.stop - o) for i, o in zip(inner, origin))] == (idx + 1)
+                labelled[si][tuple(slice(i.start - o0, i.stop - o0) for i, o0 in zip(inner, origin))] == lab
             )
             f = measure_component(
                 mask, bb, labels, image, probability, spec, probability_reduce=probability_reduce, thresholds=thresholds,
@@ -239,17 +269,42 @@ def extract_findings(
     return findings
 
 
+def _labelled_slices(arr: np.ndarray) -> np.ndarray:
+    """Per k slice: whether it holds a non-zero voxel (one pass over the volume)."""
+    flat = arr.reshape(arr.shape[0], -1)
+    if arr.dtype.kind in "bu":  # unsigned: the row maximum is non-zero exactly when a voxel is (cheaper than any)
+        return flat.max(axis=1) != 0 if flat.shape[1] else np.zeros(arr.shape[0], dtype=bool)
+    return flat.any(axis=1)
+
+
+def _box_of_slab(arr: np.ndarray, k0: int, k1: int) -> tuple[slice, slice, slice]:
+    slab = arr[k0:k1]
+    js = np.flatnonzero(slab.any(axis=(0, 2)))
+    is_ = np.flatnonzero(slab.any(axis=(0, 1)))
+    return slice(k0, k1), slice(int(js[0]), int(js[-1]) + 1), slice(int(is_[0]), int(is_[-1]) + 1)
+
+
 def foreground_box(arr: np.ndarray) -> Optional[tuple[slice, slice, slice]]:
     """Bounding box of the non-zero voxels, or None when there are none. The slice range comes from
     one pass over the volume; the row/column ranges only from the slices in it."""
-    nk = arr.shape[0]
-    ks = np.flatnonzero(arr.reshape(nk, -1).any(axis=1))
+    ks = np.flatnonzero(_labelled_slices(arr))
     if ks.size == 0:
         return None
-    slab = arr[ks[0] : ks[-1] + 1]
-    js = np.flatnonzero(slab.any(axis=(0, 2)))
-    is_ = np.flatnonzero(slab.any(axis=(0, 1)))
-    return slice(int(ks[0]), int(ks[-1]) + 1), slice(int(js[0]), int(js[-1]) + 1), slice(int(is_[0]), int(is_[-1]) + 1)
+    return _box_of_slab(arr, int(ks[0]), int(ks[-1]) + 1)
+
+
+def foreground_slabs(arr: np.ndarray) -> list[tuple[slice, slice, slice]]:
+    """Boxes of the non-zero voxels, one per run of consecutive slices that hold any, in k order
+    (empty list when there are none). A connected component never spans an empty slice, so each
+    lies wholly inside one of these boxes, which hold far fewer voxels than the overall box when
+    lesions are scattered along the scan."""
+    ks = np.flatnonzero(_labelled_slices(arr))
+    if ks.size == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(ks) > 1)
+    starts = np.concatenate([ks[:1], ks[breaks + 1]])
+    stops = np.concatenate([ks[breaks], ks[-1:]]) + 1
+    return [_box_of_slab(arr, int(a), int(b)) for a, b in zip(starts, stops)]
 
 
 def _expand(bb: tuple[slice, ...], shape: tuple[int, ...], margin: int) -> tuple[slice, slice, slice]:
