@@ -122,7 +122,7 @@ def fill_holes_2d(region: np.ndarray) -> np.ndarray:
     for edge in (bg[0], bg[-1], bg[:, 0], bg[:, -1]):
         outside[edge] = True
     outside[0] = False
-    return ~outside[bg]
+    return ~outside.take(bg)
 
 
 def body_midline_x_lps(image: Volume, k: int, body: Optional[np.ndarray] = None) -> Optional[float]:
@@ -163,11 +163,19 @@ def pleural_contact_fraction(image: Volume, mask: np.ndarray, off: tuple[int, in
     region = body_region(image, k) if body is None else body
     if region is None or not region.any():
         return 0.0
-    body = fill_holes_2d(region)
-    cavity = fill_holes_2d(body & (sl <= -500))
-    box = (slice(off[1], off[1] + m.shape[0]), slice(off[2], off[2] + m.shape[1]))
-    wall = body[box] & ~cavity[box]  # only where the lesion's crop lies
-    return float((m & wall).sum()) / max(int(m.sum()), 1)
+    # Both fills work on the body's bounding box grown by one pixel (clipped to the slice): outside
+    # the body box everything is background connected to the slice border, and so is that one-pixel
+    # frame, so a background pixel of the window reaches the window's border exactly when it reaches
+    # the slice's: the same holes, in a third of the pixels.
+    rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
+    r0, c0 = max(int(rows[0]) - 1, 0), max(int(cols[0]) - 1, 0)
+    win = (slice(r0, int(rows[-1]) + 2), slice(c0, int(cols[-1]) + 2))
+    body = fill_holes_2d(region[win])
+    cavity = fill_holes_2d(body & (sl[win] <= -500))
+    wall = np.zeros(sl.shape, dtype=bool)
+    wall[win] = body & ~cavity
+    m0, m1 = off[1], off[2]
+    return float((m & wall[m0 : m0 + m.shape[0], m1 : m1 + m.shape[1]]).sum()) / max(int(m.sum()), 1)
 
 
 def _check_grid(labels: Volume, other: Volume, what: str) -> None:
@@ -439,33 +447,15 @@ def _lung_attributes(
     if not interior.any():
         interior = mask
     solid_fraction = float(solid[interior].mean())
-    core_mm = 0.0
-    core_axes: Optional[AxialAxes] = None
-    # A solid core is enclosed by the ground-glass part. Solid tissue that continues outside the
-    # lesion (a vessel running into it, the pleura) is not a core: drop solid components that are
-    # connected, through solid voxels, to solid tissue beyond the lesion's edge.
-    # Thin solid structures (vessels up to ~2 voxels across) are removed by an opening first, which
-    # also cuts a core loose from a vessel that leads to it.
-    full = ndimage.generate_binary_structure(3, 3)
-    opened = ndimage.binary_opening(hu > th.solid_hu, structure=ndimage.generate_binary_structure(3, 1))
-    solid = solid & opened
-    solid_all, _n = ndimage.label(opened, structure=full)
-    outside = ~ndimage.binary_dilation(mask, structure=full)
-    external = np.unique(solid_all[outside & (solid_all > 0)])
-    solid = solid & ~np.isin(solid_all, external)
-    if solid.any():
-        comp, _n = ndimage.label(solid, structure=full)
-        counts = np.bincount(comp.ravel())[1:]
-        core = comp == (int(np.argmax(counts)) + 1)
-        core_mm = float((6.0 * core.sum() * labels.voxel_volume_mm3 / np.pi) ** (1.0 / 3.0))
-        _k, core_axes = largest_axial_axes(core, labels.affine, off)
     if solid_fraction >= th.solid_fraction:
-        f.type = "solid"
-    elif core_mm >= th.min_core_mm and core_axes is not None:
-        f.type = "part-solid"
-        f.solid_core_mean_diameter_mm = core_axes.mean_mm
+        f.type = "solid"  # the core only tells part-solid from ground-glass: not looked for here
     else:
-        f.type = "ground-glass"
+        core_axes = _solid_core_axes(mask, off, hu, solid, labels, th)
+        if core_axes is not None:
+            f.type = "part-solid"
+            f.solid_core_mean_diameter_mm = core_axes.mean_mm
+        else:
+            f.type = "ground-glass"
     k = int(f.slice_index or 0)
     body = body_region(image, k)  # one labelling of the slice for both questions
     f.juxtapleural = bool(pleural_contact_fraction(image, mask, off, k, body=body) >= 0.1)
@@ -481,6 +471,34 @@ def _lung_attributes(
                 f.location = lobe
                 f.site_code = LOBES[lobe]
                 break
+
+
+def _solid_core_axes(
+    mask: np.ndarray, off: tuple[int, int, int], hu: np.ndarray, solid: np.ndarray, labels: Volume, th: TypeThresholds
+) -> Optional[AxialAxes]:
+    """Axial axes of the nodule's solid core (``solid``: the mask's voxels above ``th.solid_hu``), or
+    None when it has none at least ``th.min_core_mm`` across (equivalent-sphere diameter)."""
+    # A solid core is enclosed by the ground-glass part. Solid tissue that continues outside the
+    # lesion (a vessel running into it, the pleura) is not a core: drop solid components that are
+    # connected, through solid voxels, to solid tissue beyond the lesion's edge.
+    # Thin solid structures (vessels up to ~2 voxels across) are removed by an opening first, which
+    # also cuts a core loose from a vessel that leads to it.
+    full = ndimage.generate_binary_structure(3, 3)
+    opened = ndimage.binary_opening(hu > th.solid_hu, structure=ndimage.generate_binary_structure(3, 1))
+    solid = solid & opened
+    solid_all, _n = ndimage.label(opened, structure=full)
+    outside = ~ndimage.binary_dilation(mask, structure=full)
+    external = np.unique(solid_all[outside & (solid_all > 0)])
+    solid = solid & ~np.isin(solid_all, external)
+    if not solid.any():
+        return None
+    comp, _n = ndimage.label(solid, structure=full)
+    counts = np.bincount(comp.ravel())[1:]
+    core = comp == (int(np.argmax(counts)) + 1)
+    core_mm = float((6.0 * core.sum() * labels.voxel_volume_mm3 / np.pi) ** (1.0 / 3.0))
+    if core_mm < th.min_core_mm:
+        return None
+    return largest_axial_axes(core, labels.affine, off)[1]
 
 
 def iter_label_specs(labels: Mapping[int, str] | Iterable[LabelSpec]) -> list[LabelSpec]:
