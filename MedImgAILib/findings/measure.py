@@ -52,8 +52,14 @@ def _farthest_pair(points: np.ndarray) -> tuple[float, int, int]:
         return 0.0, 0, 0
     best, bi, bj = -1.0, 0, 0
     chunk = max(1, 4_000_000 // n)  # keep the distance block around 32 MB
+    cols = [np.ascontiguousarray(points[:, c]) for c in range(points.shape[1])]
     for s in range(0, n, chunk):
-        d2 = ((points[s : s + chunk, None, :] - points[None, :, :]) ** 2).sum(-1)
+        # squared distances coordinate by coordinate, summed left to right: the same sums, bit for
+        # bit, as ``((a - b) ** 2).sum(-1)`` (numpy adds a short last axis in order), without the
+        # (chunk, n, d) difference array
+        d2 = (cols[0][s : s + chunk, None] - cols[0][None, :]) ** 2
+        for c in cols[1:]:
+            d2 += (c[s : s + chunk, None] - c[None, :]) ** 2
         idx = int(np.argmax(d2))
         r, c = divmod(idx, n)
         if d2[r, c] > best:

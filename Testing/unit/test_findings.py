@@ -281,3 +281,18 @@ def test_body_midline_from_row_ends_is_the_midline_of_every_pixel():
         ijk = np.stack([i, j, np.full_like(i, 1), np.ones_like(i)], axis=1).astype(np.float64)
         x = (ijk @ affine.T)[:, 0]
         assert body_midline_x_lps(img, 1, body=body) == (x.min() + x.max()) / 2.0
+
+
+def test_farthest_pair_matches_the_full_distance_array():
+    """_farthest_pair's coordinate-by-coordinate sums are the same numbers as the full (n, n, d)
+    difference array summed over d: the same distance and the same pair, ties included (points
+    on a half-voxel grid, as binary outlines give, tie often)."""
+    from MedImgAILib.findings.measure import _farthest_pair
+
+    rng = np.random.default_rng(11)
+    sets = [rng.normal(size=(n, d)) * 23.7 for n in (2, 17, 400) for d in (2, 3)]
+    sets += [rng.integers(0, 12, size=(300, 3)) * 0.5 * np.array([0.7, 0.7, 1.25]) for _ in range(3)]
+    for p in sets:
+        d2 = ((p[:, None, :] - p[None, :, :]) ** 2).sum(-1)
+        r, c = divmod(int(np.argmax(d2)), len(p))
+        assert _farthest_pair(p) == (float(np.sqrt(d2[r, c])), r, c)
