@@ -296,3 +296,12 @@ def test_farthest_pair_matches_the_full_distance_array():
         d2 = ((p[:, None, :] - p[None, :, :]) ** 2).sum(-1)
         r, c = divmod(int(np.argmax(d2)), len(p))
         assert _farthest_pair(p) == (float(np.sqrt(d2[r, c])), r, c)
+
+
+def test_cross3_is_np_cross():
+    from MedImgAILib.findings.measure import _cross3
+
+    rng = np.random.default_rng(5)
+    for _ in range(2000):
+        a, b = rng.normal(size=3) * rng.uniform(0.01, 100), rng.normal(size=3)
+        assert np.array_equal(_cross3(a, b), np.cross(a, b))
