@@ -31,6 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..labelling import label_faces, label_inplane
 from ..volume import Volume
 
 AIR_HU = -1000.0
@@ -91,11 +92,6 @@ def open2d(mask: np.ndarray) -> np.ndarray:
     return dilate2d(erode2d(mask, 1), 1)
 
 
-#: 4-connected in-plane neighbours only, as a 3D structure: labels and fills slice by slice in one call
-_INPLANE = np.zeros((3, 3, 3), dtype=bool)
-_INPLANE[1] = ndi.generate_binary_structure(2, 1)
-
-
 def bbox3d(mask: np.ndarray, margin: int = 1) -> tuple[slice, slice, slice] | None:
     """Slices of a 3D mask's bounding box, widened in-plane by ``margin`` pixels where the array allows
     (None for an empty mask). In-plane morphology of radius <= ``margin`` (open2d), per-slice hole
@@ -123,7 +119,7 @@ def fill_holes2d(mask: np.ndarray) -> np.ndarray:
     box = bbox3d(mask)
     if box is None:
         return mask.copy()
-    bg, n = ndi.label(~mask[box], structure=_INPLANE)
+    bg, n = label_inplane(~mask[box])
     outside = np.zeros(n + 1, dtype=bool)
     for edge in (bg[:, 0, :], bg[:, -1, :], bg[:, :, 0], bg[:, :, -1]):
         outside[edge] = True
@@ -320,7 +316,7 @@ def _ct_grid(hu: np.ndarray, spacing: tuple[float, float, float]) -> _CTGrid:
     filled = np.zeros_like(dense)
     box = bbox3d(dense)
     if box is not None:
-        lab, n = ndi.label(open2d(dense[box]), output=np.intp)  # intp: bincount needs no cast
+        lab, n = label_faces(open2d(dense[box]))  # intp: bincount needs no cast
         if n:
             filled[box] = fill_holes2d(lab == (int(np.argmax(component_sizes(lab, n))) + 1))
     # the noise regions are searched on the noise slices only (in-plane operations: slice by slice)
@@ -433,7 +429,7 @@ def _lung_coverage(grid: _CTGrid, volume: Volume, notes: list[str]) -> dict[str,
     sz = volume.spacing[2]
     candidate = grid.body_filled & (grid.hu < -400.0) & grid.valid
     box = bbox3d(candidate)  # opening and labelling inside the candidates' box: the lungs' own
-    lab, n = ndi.label(open2d(candidate[box]), output=np.intp) if box is not None else (None, 0)
+    lab, n = label_faces(open2d(candidate[box])) if box is not None else (None, 0)
     if n == 0:
         out.update(lungs_fully_covered=False, lung_volume_ml=0.0)
         notes.append("no lung found inside the body")
@@ -544,7 +540,7 @@ def measure_mr(volume: Volume, slice_positions_mm: Sequence[float] | None = None
         notes.append("image is constant: no SNR")
     else:
         fg = img > t
-        lab, n = ndi.label(open2d(fg))
+        lab, n = label_faces(open2d(fg))
         if n == 0:
             notes.append("no foreground found")
         else:
