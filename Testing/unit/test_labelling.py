@@ -10,7 +10,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from MedImgAILib import labelling
-from MedImgAILib.labelling import label_faces, label_inplane, use_cc3d
+from MedImgAILib.labelling import label, label_faces, label_inplane, use_cc3d
 from MedImgAILib.protocols.quality import fill_holes2d, measure_ct
 from Testing.protocols.test_quality_pinned import CASES
 
@@ -39,6 +39,15 @@ def test_face_labels_are_scipys(backend):
             want, n = ndi.label(x)
             got, k = label_faces(x)
             assert k == n and got.dtype == np.intp and np.array_equal(got, want)
+
+
+def test_edge_and_corner_labels_are_scipys(backend):
+    for m in _random_masks(3):
+        for x in (m, m[0]):
+            for conn in range(1, x.ndim + 1):
+                want, n = ndi.label(x, structure=ndi.generate_binary_structure(x.ndim, conn))
+                got, k = label(x, conn)
+                assert k == n and np.array_equal(got, want), (x.shape, conn)
 
 
 def test_inplane_labels_are_scipys(backend):
