@@ -324,21 +324,51 @@ def _expand(bb: tuple[slice, ...], shape: tuple[int, ...], margin: int) -> tuple
     )
 
 
-def occupancy_field(mask: np.ndarray, hu: np.ndarray, min_contrast_hu: float = 200.0) -> Optional[np.ndarray]:
+@dataclass
+class MaskShells:
+    """A lesion mask's interior and the shells around it that the partial-volume measures share,
+    each computed once per lesion (``mask_shells``)."""
+
+    inner: np.ndarray  # the mask eroded by one voxel (faces)
+    dil1: np.ndarray  # the mask dilated by one voxel (faces)
+    ring: np.ndarray  # voxels 3 but not 2 dilation steps outside the mask: the local background
+    bg_hu: Optional[float] = None  # median HU in the ring (set by ``mask_shells`` given the HU)
+    inner_hu: Optional[float] = None  # median HU of the interior when it has >= 8 voxels
+
+
+def mask_shells(mask: np.ndarray, hu: Optional[np.ndarray] = None) -> MaskShells:
+    """Interior, one-voxel dilation and background ring of ``mask`` (with their median HU given the
+    crop's ``hu``). The ring's dilations are one step each from the previous one: the same sets as
+    ``binary_dilation(mask, iterations=n)``, in three steps instead of five."""
+    inner = ndimage.binary_erosion(mask)
+    dil1 = ndimage.binary_dilation(mask)
+    dil2 = ndimage.binary_dilation(dil1)
+    ring = ndimage.binary_dilation(dil2) & ~dil2
+    sh = MaskShells(inner=inner, dil1=dil1, ring=ring)
+    if hu is not None:
+        if ring.any():
+            sh.bg_hu = float(np.median(hu[ring]))
+        if inner.sum() >= 8:
+            sh.inner_hu = float(np.median(hu[inner]))
+    return sh
+
+
+def occupancy_field(mask: np.ndarray, hu: np.ndarray, min_contrast_hu: float = 200.0,
+                    shells: Optional[MaskShells] = None) -> Optional[np.ndarray]:
     """Sub-voxel occupancy in [0, 1] from the partial-volume HU of the voxels along the mask edge.
 
     Lesion (fg) and background (bg) levels are the medians of the mask interior and of a ring 2-3
     voxels outside it; each edge voxel's occupancy is (HU - bg) / (fg - bg). Inside-edge voxels are
     clamped to [0.5, 1] and outside-edge voxels to [0, 0.5), so the 0.5 outline always stays between
     the same voxel centres as the binary mask's outline and only its sub-voxel position moves: an
-    adjacent vessel cannot pull the outline outwards. None when the contrast is too low to trust."""
-    inner = ndimage.binary_erosion(mask)
-    dil1 = ndimage.binary_dilation(mask)
-    ring = ndimage.binary_dilation(mask, iterations=3) & ~ndimage.binary_dilation(mask, iterations=2)
-    if not ring.any():
+    adjacent vessel cannot pull the outline outwards. None when the contrast is too low to trust.
+    ``shells``: ``mask_shells(mask, hu)`` when the caller has it already."""
+    sh = mask_shells(mask, hu) if shells is None else shells
+    inner, dil1 = sh.inner, sh.dil1
+    if sh.bg_hu is None:  # no background ring in the crop
         return None
-    fg = float(np.median(hu[inner] if inner.sum() >= 8 else hu[mask]))
-    bg = float(np.median(hu[ring]))
+    fg = sh.inner_hu if sh.inner_hu is not None else float(np.median(hu[mask]))
+    bg = sh.bg_hu
     if fg - bg < min_contrast_hu:
         return None
     occ = np.clip((hu.astype(np.float32) - bg) / (fg - bg), 0.0, 1.0)
@@ -353,21 +383,22 @@ def occupancy_field(mask: np.ndarray, hu: np.ndarray, min_contrast_hu: float = 2
 
 
 def partial_volume_mm3(
-    mask: np.ndarray, hu: np.ndarray, voxel_mm3: float, min_contrast_hu: float = 200.0
+    mask: np.ndarray, hu: np.ndarray, voxel_mm3: float, min_contrast_hu: float = 200.0,
+    shells: Optional[MaskShells] = None,
 ) -> Optional[float]:
     """Partial-volume-aware volume: interior voxels count 1, voxels on either side of the mask edge
     count their occupancy (HU - bg) / (fg - bg). Blur (the scanner's PSF and slice profile)
     conserves this sum, so the estimate does not shrink small nodules the way a half-way threshold
     does; occupancies are not clipped at 0 so that noise in the background ring averages out.
     Outside voxels brighter than half-way are another structure (vessel, pleura) and count 0.
-    None when the lesion/background contrast is too low to trust (then: voxel count)."""
+    None when the lesion/background contrast is too low to trust (then: voxel count). ``shells``:
+    ``mask_shells(mask, hu)`` when the caller has it already."""
     full = ndimage.generate_binary_structure(3, 3)
-    inner = ndimage.binary_erosion(mask)
-    ring = ndimage.binary_dilation(mask, iterations=3) & ~ndimage.binary_dilation(mask, iterations=2)
-    if not ring.any() or inner.sum() < 8:
+    sh = mask_shells(mask, hu) if shells is None else shells
+    inner = sh.inner
+    if sh.bg_hu is None or sh.inner_hu is None:  # no ring, or fewer than 8 interior voxels
         return None
-    fg = float(np.median(hu[inner]))
-    bg = float(np.median(hu[ring]))
+    fg, bg = sh.inner_hu, sh.bg_hu
     if fg - bg < min_contrast_hu:
         return None
     occ = (hu.astype(np.float64) - bg) / (fg - bg)
@@ -395,14 +426,15 @@ def measure_component(
     aff = labels.affine
     off = (bbox[0].start, bbox[1].start, bbox[2].start)
     hu = np.asarray(image.array[bbox]) if image is not None else None
-    field = occupancy_field(mask, hu) if hu is not None else None
+    shells = mask_shells(mask, hu) if hu is not None else None  # shared by the partial-volume measures
+    field = occupancy_field(mask, hu, shells=shells) if hu is not None else None
     k_used, axes = largest_axial_axes(mask, aff, off, field=field)
     f = Finding(
         id="",
         label=spec.name,
         label_value=spec.value,
         center_lps_mm=centroid_lps(mask, aff, off),
-        volume_mm3=_volume_mm3(mask, hu, labels.voxel_volume_mm3, partial_volume),
+        volume_mm3=_volume_mm3(mask, hu, labels.voxel_volume_mm3, partial_volume, shells),
         long_axis_mm=axes.long_mm,
         short_axis_mm=axes.short_mm,
         mean_diameter_mm=axes.mean_mm,
@@ -421,13 +453,14 @@ def measure_component(
         f.mean_hu = float(v.mean())
         f.sd_hu = float(v.std(ddof=1)) if v.size > 1 else 0.0
         if spec.is_lung_lesion:
-            _lung_attributes(f, mask, off, hu, labels, image, thresholds)
+            _lung_attributes(f, mask, off, hu, labels, image, thresholds, interior=shells.inner if shells else None)
     return f
 
 
-def _volume_mm3(mask: np.ndarray, hu: Optional[np.ndarray], voxel_mm3: float, partial_volume: bool) -> float:
+def _volume_mm3(mask: np.ndarray, hu: Optional[np.ndarray], voxel_mm3: float, partial_volume: bool,
+                shells: Optional[MaskShells] = None) -> float:
     if partial_volume and hu is not None:
-        v = partial_volume_mm3(mask, hu, voxel_mm3)
+        v = partial_volume_mm3(mask, hu, voxel_mm3, shells=shells)
         if v is not None:
             return v
     return float(mask.sum()) * voxel_mm3
@@ -441,10 +474,12 @@ def _lung_attributes(
     labels: Volume,
     image: Volume,
     th: TypeThresholds,
+    interior: Optional[np.ndarray] = None,
 ) -> None:
-    """Nodule type, solid core (enclosed solid tissue, vessels excluded) and side."""
+    """Nodule type, solid core (enclosed solid tissue, vessels excluded) and side. ``interior``: the
+    mask eroded by one voxel, when the caller has it."""
     solid = mask & (hu > th.solid_hu)
-    interior = ndimage.binary_erosion(mask)
+    interior = ndimage.binary_erosion(mask) if interior is None else interior
     if not interior.any():
         interior = mask
     solid_fraction = float(solid[interior].mean())

@@ -305,3 +305,21 @@ def test_cross3_is_np_cross():
     for _ in range(2000):
         a, b = rng.normal(size=3) * rng.uniform(0.01, 100), rng.normal(size=3)
         assert np.array_equal(_cross3(a, b), np.cross(a, b))
+
+
+def test_mask_shells_are_the_iterated_morphology():
+    """mask_shells' one-step dilations give binary_dilation(iterations=n)'s sets, so the partial-volume
+    measures that share them are unchanged."""
+    from scipy import ndimage
+
+    from MedImgAILib.findings.extract import mask_shells
+
+    rng = np.random.default_rng(4)
+    for density in (0.05, 0.3, 0.6):
+        m = ndimage.binary_opening(rng.random((14, 17, 15)) < density)
+        m[0, 0, :4] = True  # touching the crop's border
+        sh = mask_shells(m, rng.normal(size=m.shape) * 100)
+        assert np.array_equal(sh.inner, ndimage.binary_erosion(m))
+        assert np.array_equal(sh.dil1, ndimage.binary_dilation(m))
+        ring = ndimage.binary_dilation(m, iterations=3) & ~ndimage.binary_dilation(m, iterations=2)
+        assert np.array_equal(sh.ring, ring)
