@@ -17,7 +17,7 @@ from ..errors import MedImgAIError
 from ..labelling import label_faces
 from ..results import Code, Finding
 from ..volume import Volume
-from .measure import AxialAxes, axial_axes, centroid_lps, max_3d_diameter
+from .measure import AxialAxes, axial_axes_if_larger, centroid_lps, max_3d_diameter
 
 
 class FindingsError(MedImgAIError):
@@ -93,11 +93,19 @@ def largest_axial_axes(
     field = mask if field is None else field
     k0 = offset_kji[0]
     candidates = np.nonzero(areas >= 0.8 * areas.max())[0]
+    # Largest area first: its mean diameter is usually the one to beat, and a slice whose long axis
+    # is already shorter than that is settled without measuring its short axis. The winner is the
+    # same as measuring every slice in k order: the largest mean, the lowest slice among equal ones.
+    order = candidates[np.argsort(-areas[candidates], kind="stable")]
     best: tuple[int, AxialAxes] | None = None
-    for kk in candidates:
-        ax = axial_axes(field[kk], int(kk) + k0, affine, (offset_kji[1], offset_kji[2]))
-        if best is None or ax.mean_mm > best[1].mean_mm:
-            best = (int(kk) + k0, ax)
+    for kk in order:
+        ax = axial_axes_if_larger(field[kk], int(kk) + k0, affine, (offset_kji[1], offset_kji[2]),
+                                  None if best is None else best[1].mean_mm)
+        if ax is None:
+            continue
+        k_abs = int(kk) + k0
+        if best is None or ax.mean_mm > best[1].mean_mm or (ax.mean_mm == best[1].mean_mm and k_abs < best[0]):
+            best = (k_abs, ax)
     assert best is not None
     return best
 

@@ -135,12 +135,29 @@ def axial_axes(
 ) -> AxialAxes:
     """Long axis (max Feret diameter) and perpendicular short axis of the region on slice k.
     ``mask2d`` is a binary mask or an occupancy field in [0, 1] (outline at 0.5)."""
+    ax = axial_axes_if_larger(mask2d, k, affine, offset_ji, None)
+    assert ax is not None
+    return ax
+
+
+#: relative margin on "the long axis is shorter than the mean to beat": the short axis is a chord of
+#: the same outline, so it is no longer than the long axis up to rounding, far below this
+_BOUND_MARGIN = 1e-9
+
+
+def axial_axes_if_larger(
+    mask2d: np.ndarray, k: int, affine: np.ndarray, offset_ji: tuple[int, int], beat_mean_mm: float | None
+) -> AxialAxes | None:
+    """``axial_axes``, or None as soon as the long axis shows that the mean diameter cannot exceed
+    ``beat_mean_mm`` (mean = (long + short) / 2 <= long): the short axis is then not measured."""
     contours = slice_contours_lps(mask2d, k, affine, offset_ji)
     if not contours:
         return AxialAxes(0.0, 0.0)
     pts = np.concatenate(contours)
     hull = _hull_points_in_plane(pts, affine)
     long_mm, a, b = _farthest_pair(hull)
+    if beat_mean_mm is not None and long_mm < beat_mean_mm * (1.0 - _BOUND_MARGIN):
+        return None
     p0, p1 = hull[a], hull[b]
     e_long = (p1 - p0) / long_mm if long_mm > 0 else affine[:3, 0] / np.linalg.norm(affine[:3, 0])
     normal = _cross3(affine[:3, 0], affine[:3, 1])

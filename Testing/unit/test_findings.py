@@ -323,3 +323,31 @@ def test_mask_shells_are_the_iterated_morphology():
         assert np.array_equal(sh.dil1, ndimage.binary_dilation(m))
         ring = ndimage.binary_dilation(m, iterations=3) & ~ndimage.binary_dilation(m, iterations=2)
         assert np.array_equal(sh.ring, ring)
+
+
+def test_largest_axial_axes_equals_measuring_every_candidate_slice():
+    """The slice chosen with the long-axis bound (largest area first, short axis skipped where the
+    long axis already loses) is the one measuring every candidate slice in k order picks."""
+    from scipy import ndimage
+
+    from MedImgAILib.findings.extract import largest_axial_axes
+
+    rng = np.random.default_rng(9)
+    aff = affine_from_geometry((-40.0, -30.0, 5.0), (0.7, 0.7, 1.25), np.eye(3))
+    for trial in range(12):
+        m = ndimage.binary_opening(ndimage.gaussian_filter(rng.random((9, 24, 26)), 2.0) > 0.5)
+        if trial % 3 == 0:  # an exactly symmetric shape: equal areas and means on mirrored slices
+            m = np.zeros((9, 24, 26), bool)
+            for k, r in enumerate((2, 4, 5, 6, 6.3, 6, 5, 4, 2)):
+                jj, ii = np.mgrid[0:24, 0:26]
+                m[k] = (jj - 12) ** 2 + (ii - 13) ** 2 <= r * r
+        if not m.any():
+            continue
+        areas = m.reshape(9, -1).sum(axis=1)
+        best = None
+        for kk in np.nonzero(areas >= 0.8 * areas.max())[0]:
+            ax = axial_axes(m[kk], int(kk) + 3, aff, (2, 1))
+            if best is None or ax.mean_mm > best[1].mean_mm:
+                best = (int(kk) + 3, ax)
+        got = largest_axial_axes(m, aff, (3, 2, 1))
+        assert got[0] == best[0] and got[1] == best[1]
