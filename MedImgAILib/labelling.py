@@ -1,6 +1,5 @@
-"""Connected-component labelling of 2D and 3D masks (faces, + edges, + corners; or 4-connected within
-each slice of a 3D stack): scipy.ndimage's labels, computed by cc3d (connected-components-3d) when it
-is installed.
+"""Connected-component labelling of 2D and 3D masks (faces, + edges, + corners): scipy.ndimage's
+labels, computed by cc3d (connected-components-3d) when it is installed.
 
 Both number components in raster (C) order of their first voxel (cc3d except with 2D 8-connectivity,
 which therefore stays with scipy), so the label arrays are equal, not just equivalent
@@ -8,6 +7,9 @@ which therefore stays with scipy), so the label arrays are equal, not just equiv
 component, the first of equal ones" gets the same component either way. cc3d's two-pass
 labelling with a decision tree is about 3x faster than scipy's on the image-quality stage's 3D masks
 (6 M voxels: ~15 ms against ~45 ms here), which matters in a stage that runs for every series.
+Not used for slice-by-slice labelling of a stack: cc3d has no in-plane-only neighbourhood for 3D input,
+and the work-around (a 2D labelling of the slices stacked with a background row between them) was no
+faster than scipy in a fresh process, where cc3d's working memory is first touched.
 """
 
 from __future__ import annotations
@@ -21,11 +23,6 @@ except ImportError:  # pragma: no cover - exercised by the tests with use_cc3d(F
     _cc3d = None
 
 _USE_CC3D = _cc3d is not None
-
-#: 4-connected in-plane neighbours only, as a 3D structure (scipy's form of ``label_inplane``)
-_INPLANE = np.zeros((3, 3, 3), dtype=bool)
-_INPLANE[1] = ndi.generate_binary_structure(2, 1)
-
 
 def use_cc3d(on: bool) -> bool:
     """Switch the cc3d path on or off (tests compare both); returns the previous setting. Turning it on
@@ -57,19 +54,3 @@ def label(mask: np.ndarray, connectivity: int = 1) -> tuple[np.ndarray, int]:
 def label_faces(mask: np.ndarray) -> tuple[np.ndarray, int]:
     """``ndi.label(mask)`` (face connectivity, scipy's default) as intp, and the number of components."""
     return label(mask, 1)
-
-
-def label_inplane(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """Components 4-connected within each slice [k] of a 3D mask, numbered across the whole stack in
-    raster order (``ndi.label`` with an in-plane structure), as intp."""
-    mask = np.asarray(mask, dtype=bool)
-    nk, nj, ni = mask.shape
-    if _USE_CC3D and mask.size:
-        # one 2D labelling of the slices stacked row-wise, a background row between slices so that
-        # nothing connects across them; the raster order is the stack's
-        stacked = np.zeros((nk, nj + 1, ni), dtype=bool)
-        stacked[:, :nj] = mask
-        lab, n = _cc3d.connected_components(stacked.reshape(nk * (nj + 1), ni), connectivity=4,
-                                            out_dtype=np.uint64, return_N=True)
-        return lab.reshape(nk, nj + 1, ni)[:, :nj].view(np.intp), int(n)
-    return ndi.label(mask, structure=_INPLANE, output=np.intp)

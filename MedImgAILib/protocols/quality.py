@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..labelling import label_faces, label_inplane
+from ..labelling import label_faces
 from ..volume import Volume
 
 AIR_HU = -1000.0
@@ -92,6 +92,11 @@ def open2d(mask: np.ndarray) -> np.ndarray:
     return dilate2d(erode2d(mask, 1), 1)
 
 
+#: 4-connected in-plane neighbours only, as a 3D structure: labels and fills slice by slice in one call
+_INPLANE = np.zeros((3, 3, 3), dtype=bool)
+_INPLANE[1] = ndi.generate_binary_structure(2, 1)
+
+
 def bbox3d(mask: np.ndarray, margin: int = 1) -> tuple[slice, slice, slice] | None:
     """Slices of a 3D mask's bounding box, widened in-plane by ``margin`` pixels where the array allows
     (None for an empty mask). In-plane morphology of radius <= ``margin`` (open2d), per-slice hole
@@ -119,15 +124,13 @@ def fill_holes2d(mask: np.ndarray) -> np.ndarray:
     box = bbox3d(mask)
     if box is None:
         return mask.copy()
-    bg, n = label_inplane(~mask[box])
+    bg, n = ndi.label(~mask[box], structure=_INPLANE)
     outside = np.zeros(n + 1, dtype=bool)
     for edge in (bg[:, 0, :], bg[:, -1, :], bg[:, :, 0], bg[:, :, -1]):
         outside[edge] = True
     outside[0] = False  # label 0 is the mask itself
     out = mask.copy()
-    # a per-label look-up of "filled" (not outside), gathered with take: one pass over the labels
-    np.logical_not(outside, out=outside)
-    out[box] = outside.take(bg)
+    out[box] = ~outside[bg]
     return out
 
 

@@ -10,13 +10,9 @@ import pytest
 from scipy import ndimage as ndi
 
 from MedImgAILib import labelling
-from MedImgAILib.labelling import label, label_faces, label_inplane, use_cc3d
+from MedImgAILib.labelling import label, label_faces, use_cc3d
 from MedImgAILib.protocols.quality import fill_holes2d, measure_ct
 from Testing.protocols.test_quality_pinned import CASES
-
-_INPLANE = np.zeros((3, 3, 3), dtype=bool)
-_INPLANE[1] = ndi.generate_binary_structure(2, 1)
-
 
 @pytest.fixture(params=[True, False], ids=["cc3d", "scipy"])
 def backend(request):
@@ -48,15 +44,6 @@ def test_edge_and_corner_labels_are_scipys(backend):
                 want, n = ndi.label(x, structure=ndi.generate_binary_structure(x.ndim, conn))
                 got, k = label(x, conn)
                 assert k == n and np.array_equal(got, want), (x.shape, conn)
-
-
-def test_inplane_labels_are_scipys(backend):
-    for m in _random_masks(2):
-        want, n = ndi.label(m, structure=_INPLANE)
-        got, k = label_inplane(m)
-        assert k == n and np.array_equal(got, want)
-    empty, n = label_inplane(np.zeros((3, 0, 4), bool))
-    assert n == 0 and empty.shape == (3, 0, 4)
 
 
 def test_fill_holes2d_with_either_backend(backend):
