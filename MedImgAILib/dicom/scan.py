@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import struct
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -562,17 +563,36 @@ def _series_number(r: SeriesRef) -> int:
     return _int(r.instances[0].header, "SeriesNumber", 0)
 
 
+#: files read in turn before ``scan_tree`` decides whether a thread pool would help, and the time per
+#: file above which it does (a cached CT header parses in ~0.2 ms; a disk or network read takes longer)
+_PROBE_FILES = 16
+_SLOW_READ_S = 1e-3
+
+
 def scan_tree(
     paths: str | os.PathLike | Iterable[str | os.PathLike], *, workers: int | None = None
 ) -> ScanResult:
-    """Read every file's header (in a small thread pool: file I/O overlaps parsing) and group."""
+    """Read every file's header and group. ``workers``: read in a thread pool of that size; by default
+    the first files are read in turn and a pool takes the rest only when those reads were slow (files
+    on a disk or share, not in the page cache), where waiting on I/O overlaps parsing."""
     files = iter_files(paths)
-    workers = workers or min(4, (os.cpu_count() or 1) + 1)
-    if len(files) < 8 or workers <= 1:
-        results = [_read_or_skip(f) for f in files]
+    if workers is None:
+        # Headers of cached files are parsed faster in turn than in a pool, whose threads mostly wait
+        # for the GIL: 300 cached CT files took 48 ms in turn against 91 ms (104 ms CPU) with 3 threads
+        # on a 2-core machine. So: a pool only where reading, not parsing, is the bottleneck.
+        head = files[:_PROBE_FILES]
+        t0 = time.perf_counter()
+        results = [_read_or_skip(f) for f in head]
+        slow = (time.perf_counter() - t0) > _SLOW_READ_S * max(len(head), 1)
+        rest = files[len(head):]
+        pool_size = min(4, (os.cpu_count() or 1) + 1) if slow and len(rest) >= 8 else 1
     else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(_read_or_skip, files, chunksize=16))
+        results, rest, pool_size = [], files, workers if len(files) >= 8 else 1
+    if pool_size <= 1:
+        results += [_read_or_skip(f) for f in rest]
+    else:
+        with ThreadPoolExecutor(max_workers=pool_size) as pool:
+            results += list(pool.map(_read_or_skip, rest, chunksize=16))
     headers: list[InstanceHeader] = []
     skipped: list[tuple[str, str]] = []
     for r in results:

@@ -31,6 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
+from ..labelling import label_faces
 from ..volume import Volume
 
 AIR_HU = -1000.0
@@ -320,7 +321,7 @@ def _ct_grid(hu: np.ndarray, spacing: tuple[float, float, float]) -> _CTGrid:
     filled = np.zeros_like(dense)
     box = bbox3d(dense)
     if box is not None:
-        lab, n = ndi.label(open2d(dense[box]), output=np.intp)  # intp: bincount needs no cast
+        lab, n = label_faces(open2d(dense[box]))  # intp: bincount needs no cast
         if n:
             filled[box] = fill_holes2d(lab == (int(np.argmax(component_sizes(lab, n))) + 1))
     # the noise regions are searched on the noise slices only (in-plane operations: slice by slice)
@@ -358,7 +359,10 @@ def _tile_stats(hu: np.ndarray, grid: _CTGrid, region: np.ndarray,
     for i in np.flatnonzero(sel.any(axis=(1, 2))):
         k, s = int(ks[i]), sel[i]
         m = means[i][s]
-        tiles = hu[k, : Jt * side, : It * side].reshape(Jt, side, It, side).transpose(0, 2, 1, 3)[s]
+        # the selected tiles [tile, row, column] by integer (row, column) tile indices: a quarter cheaper
+        # than a boolean index over the transposed view, same values in the same order
+        jj, ii = np.nonzero(s)
+        tiles = hu[k, : Jt * side, : It * side].reshape(Jt, side, It, side)[jj, :, ii, :]
         dev = tiles.reshape(tiles.shape[0], n).astype(np.float64)
         dev -= m[:, None]
         out[k] = (m, np.sqrt(np.einsum("ij,ij->i", dev, dev) / (n - 1)), lows[i][s])
@@ -430,7 +434,7 @@ def _lung_coverage(grid: _CTGrid, volume: Volume, notes: list[str]) -> dict[str,
     sz = volume.spacing[2]
     candidate = grid.body_filled & (grid.hu < -400.0) & grid.valid
     box = bbox3d(candidate)  # opening and labelling inside the candidates' box: the lungs' own
-    lab, n = ndi.label(open2d(candidate[box]), output=np.intp) if box is not None else (None, 0)
+    lab, n = label_faces(open2d(candidate[box])) if box is not None else (None, 0)
     if n == 0:
         out.update(lungs_fully_covered=False, lung_volume_ml=0.0)
         notes.append("no lung found inside the body")
@@ -541,7 +545,7 @@ def measure_mr(volume: Volume, slice_positions_mm: Sequence[float] | None = None
         notes.append("image is constant: no SNR")
     else:
         fg = img > t
-        lab, n = ndi.label(open2d(fg))
+        lab, n = label_faces(open2d(fg))
         if n == 0:
             notes.append("no foreground found")
         else:

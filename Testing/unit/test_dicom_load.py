@@ -382,3 +382,36 @@ def test_holds_an_image_stops_at_the_first_image_and_skips_seg_and_unreadable_fi
     assert not holds_an_image([junk, seg])
     assert holds_an_image([junk, seg, *sorted(ct3slice_dir.glob("0?.dcm"))])
     assert not holds_an_image([])
+
+
+def test_scan_reads_in_turn_or_in_a_pool_with_the_same_result(tmp_path: Path, monkeypatch) -> None:
+    """By default the headers are read in turn unless the first reads are slow (files not in the page
+    cache), then a thread pool reads the rest; either way, and with an explicit pool, the same series,
+    instances and slices in the same order, and the same skipped files."""
+    import importlib
+
+    scan_mod = importlib.import_module("MedImgAILib.dicom.scan")  # the package exports a function of that name
+
+    for n, origin_z in enumerate((30.0, -40.0)):
+        write_series(tmp_path / f"s{n}", size=(8, 6, 20), origin=(-100.0, -90.0, origin_z))
+    (tmp_path / "notes.txt").write_text("not dicom")
+
+    def summary(result):
+        return ([(r.series_instance_uid, [h.path for h in r.instances], [s.sop_instance_uid for s in r.slices])
+                 for r in result.series], sorted(result.skipped))
+
+    used_pool = []
+    real_pool = scan_mod.ThreadPoolExecutor
+
+    def spy_pool(*a, **k):
+        used_pool.append(k.get("max_workers"))
+        return real_pool(*a, **k)
+
+    monkeypatch.setattr(scan_mod, "ThreadPoolExecutor", spy_pool)
+    in_turn = summary(scan_tree(tmp_path))  # cached files: read in turn
+    assert used_pool == []
+    monkeypatch.setattr(scan_mod, "_SLOW_READ_S", 0.0)  # every read counts as slow: the pool takes the rest
+    probed = summary(scan_tree(tmp_path))
+    assert len(used_pool) == 1 and used_pool[0] > 1
+    assert probed == in_turn == summary(scan_tree(tmp_path, workers=3))
+    assert len(in_turn[0]) == 2 and all(len(s) == 20 for _u, _p, s in in_turn[0])

@@ -224,3 +224,130 @@ def test_real_ct_liver_label_map(ct3slice_dir):
     f = fs[0]  # the largest component is the liver itself
     assert 20 < f.mean_hu < 200  # liver parenchyma
     assert f.long_axis_mm > 100 and f.type == ""
+
+
+def test_fill_holes_by_labelling_is_binary_fill_holes():
+    """fill_holes_2d (one labelling) gives scipy's binary_fill_holes mask exactly: random masks of
+    several densities, holes touching the border and not, a full and an empty slice."""
+    from scipy import ndimage
+
+    from MedImgAILib.findings.extract import fill_holes_2d
+
+    rng = np.random.default_rng(7)
+    masks = [rng.random((37, 53)) < p for p in (0.3, 0.5, 0.6, 0.75)]
+    ring = np.zeros((20, 20), bool)
+    ring[2:15, 2:15] = True
+    ring[4:13, 4:13] = False
+    ring[0:3, 8] = True  # a spur to the border: the hole stays a hole
+    masks += [ring, np.ones((5, 6), bool), np.zeros((5, 6), bool)]
+    for m in masks:
+        assert np.array_equal(fill_holes_2d(m), ndimage.binary_fill_holes(m))
+
+
+def test_foreground_slabs_cover_every_component_in_k_order():
+    from MedImgAILib.findings.extract import foreground_box, foreground_slabs
+
+    arr = np.zeros((30, 20, 25), np.uint8)
+    arr[2:5, 3:6, 4:9] = 1
+    arr[5, 10, 20] = 2  # same slab (touching slices)
+    arr[12:14, 15:18, 1:3] = 1
+    arr[29, 0, 0] = 3
+    slabs = foreground_slabs(arr)
+    assert [(s[0].start, s[0].stop) for s in slabs] == [(2, 6), (12, 14), (29, 30)]
+    assert slabs[0][1:] == (slice(3, 11), slice(4, 21))
+    covered = np.zeros(arr.shape, bool)
+    for s in slabs:
+        covered[s] = True
+    assert not arr[~covered].any()
+    assert foreground_box(arr) == (slice(2, 30), slice(0, 18), slice(0, 21))
+    assert foreground_slabs(np.zeros((4, 4, 4), np.int16)) == [] and foreground_box(np.zeros((4, 4, 4))) is None
+
+
+def test_body_midline_from_row_ends_is_the_midline_of_every_pixel():
+    """The midline from each row's first and last body pixel equals the one from all body pixels,
+    for an oblique in-plane direction too (x then depends on both i and j)."""
+    from MedImgAILib.findings.extract import body_midline_x_lps
+
+    rng = np.random.default_rng(3)
+    a = 0.4
+    c, s_ = math.cos(a), math.sin(a)
+    oblique = np.array([[c, -s_, 0.0], [s_, c, 0.0], [0.0, 0.0, 1.0]])  # columns: i, j, k axes in LPS
+    for affine in (affine_from_geometry((-40.0, -30.0, 5.0), (0.7, 0.7, 1.25), np.eye(3)),
+                   affine_from_geometry((-40.0, -30.0, 5.0), (0.8, 0.6, 2.0), oblique)):
+        img = Volume(array=np.full((3, 40, 50), -1000, np.int16), affine=affine)
+        body = np.zeros((40, 50), bool)
+        body[5:35, 8:45] = rng.random((30, 37)) < 0.7
+        j, i = np.nonzero(body)
+        ijk = np.stack([i, j, np.full_like(i, 1), np.ones_like(i)], axis=1).astype(np.float64)
+        x = (ijk @ affine.T)[:, 0]
+        assert body_midline_x_lps(img, 1, body=body) == (x.min() + x.max()) / 2.0
+
+
+def test_farthest_pair_matches_the_full_distance_array():
+    """_farthest_pair's coordinate-by-coordinate sums are the same numbers as the full (n, n, d)
+    difference array summed over d: the same distance and the same pair, ties included (points
+    on a half-voxel grid, as binary outlines give, tie often)."""
+    from MedImgAILib.findings.measure import _farthest_pair
+
+    rng = np.random.default_rng(11)
+    sets = [rng.normal(size=(n, d)) * 23.7 for n in (2, 17, 400) for d in (2, 3)]
+    sets += [rng.integers(0, 12, size=(300, 3)) * 0.5 * np.array([0.7, 0.7, 1.25]) for _ in range(3)]
+    for p in sets:
+        d2 = ((p[:, None, :] - p[None, :, :]) ** 2).sum(-1)
+        r, c = divmod(int(np.argmax(d2)), len(p))
+        assert _farthest_pair(p) == (float(np.sqrt(d2[r, c])), r, c)
+
+
+def test_cross3_is_np_cross():
+    from MedImgAILib.findings.measure import _cross3
+
+    rng = np.random.default_rng(5)
+    for _ in range(2000):
+        a, b = rng.normal(size=3) * rng.uniform(0.01, 100), rng.normal(size=3)
+        assert np.array_equal(_cross3(a, b), np.cross(a, b))
+
+
+def test_mask_shells_are_the_iterated_morphology():
+    """mask_shells' one-step dilations give binary_dilation(iterations=n)'s sets, so the partial-volume
+    measures that share them are unchanged."""
+    from scipy import ndimage
+
+    from MedImgAILib.findings.extract import mask_shells
+
+    rng = np.random.default_rng(4)
+    for density in (0.05, 0.3, 0.6):
+        m = ndimage.binary_opening(rng.random((14, 17, 15)) < density)
+        m[0, 0, :4] = True  # touching the crop's border
+        sh = mask_shells(m, rng.normal(size=m.shape) * 100)
+        assert np.array_equal(sh.inner, ndimage.binary_erosion(m))
+        assert np.array_equal(sh.dil1, ndimage.binary_dilation(m))
+        ring = ndimage.binary_dilation(m, iterations=3) & ~ndimage.binary_dilation(m, iterations=2)
+        assert np.array_equal(sh.ring, ring)
+
+
+def test_largest_axial_axes_equals_measuring_every_candidate_slice():
+    """The slice chosen with the long-axis bound (largest area first, short axis skipped where the
+    long axis already loses) is the one measuring every candidate slice in k order picks."""
+    from scipy import ndimage
+
+    from MedImgAILib.findings.extract import largest_axial_axes
+
+    rng = np.random.default_rng(9)
+    aff = affine_from_geometry((-40.0, -30.0, 5.0), (0.7, 0.7, 1.25), np.eye(3))
+    for trial in range(12):
+        m = ndimage.binary_opening(ndimage.gaussian_filter(rng.random((9, 24, 26)), 2.0) > 0.5)
+        if trial % 3 == 0:  # an exactly symmetric shape: equal areas and means on mirrored slices
+            m = np.zeros((9, 24, 26), bool)
+            for k, r in enumerate((2, 4, 5, 6, 6.3, 6, 5, 4, 2)):
+                jj, ii = np.mgrid[0:24, 0:26]
+                m[k] = (jj - 12) ** 2 + (ii - 13) ** 2 <= r * r
+        if not m.any():
+            continue
+        areas = m.reshape(9, -1).sum(axis=1)
+        best = None
+        for kk in np.nonzero(areas >= 0.8 * areas.max())[0]:
+            ax = axial_axes(m[kk], int(kk) + 3, aff, (2, 1))
+            if best is None or ax.mean_mm > best[1].mean_mm:
+                best = (int(kk) + 3, ax)
+        got = largest_axial_axes(m, aff, (3, 2, 1))
+        assert got[0] == best[0] and got[1] == best[1]
