@@ -14,7 +14,6 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import MedImgAIError
-from ..labelling import label_faces
 from ..results import Code, Finding
 from ..volume import Volume
 from .measure import AxialAxes, axial_axes_if_larger, centroid_lps, max_3d_diameter
@@ -113,7 +112,7 @@ def largest_axial_axes(
 def body_region(image: Volume, k: int) -> Optional[np.ndarray]:
     """The largest connected region above -500 HU on slice k (the body, not the table or air); None
     when there is none. (The first of equal largest regions, as ``argmax`` picks.)"""
-    lab, n = label_faces(np.asarray(image.array[k]) > -500)
+    lab, n = ndimage.label(np.asarray(image.array[k]) > -500)
     if n == 0:
         return None
     sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
@@ -126,7 +125,7 @@ def fill_holes_2d(region: np.ndarray) -> np.ndarray:
     components that touch the image border are outside, every other background pixel is a hole.
     That is the definition binary_fill_holes implements (its default structure is the 4-connected
     cross and the border counts as background), so the result is the same mask."""
-    bg, n = label_faces(~region)
+    bg, n = ndimage.label(~region)
     outside = np.zeros(n + 1, dtype=bool)  # per background label; 0 = the region itself (kept)
     for edge in (bg[0], bg[-1], bg[:, 0], bg[:, -1]):
         outside[edge] = True

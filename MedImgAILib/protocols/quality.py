@@ -31,7 +31,6 @@ from typing import Any, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..labelling import label_faces
 from ..volume import Volume
 
 AIR_HU = -1000.0
@@ -130,7 +129,9 @@ def fill_holes2d(mask: np.ndarray) -> np.ndarray:
         outside[edge] = True
     outside[0] = False  # label 0 is the mask itself
     out = mask.copy()
-    out[box] = ~outside[bg]
+    # a per-label look-up of "filled" (not outside), gathered with take: one pass over the labels
+    np.logical_not(outside, out=outside)
+    out[box] = outside.take(bg)
     return out
 
 
@@ -321,7 +322,7 @@ def _ct_grid(hu: np.ndarray, spacing: tuple[float, float, float]) -> _CTGrid:
     filled = np.zeros_like(dense)
     box = bbox3d(dense)
     if box is not None:
-        lab, n = label_faces(open2d(dense[box]))  # intp: bincount needs no cast
+        lab, n = ndi.label(open2d(dense[box]), output=np.intp)  # intp: bincount needs no cast
         if n:
             filled[box] = fill_holes2d(lab == (int(np.argmax(component_sizes(lab, n))) + 1))
     # the noise regions are searched on the noise slices only (in-plane operations: slice by slice)
@@ -434,7 +435,7 @@ def _lung_coverage(grid: _CTGrid, volume: Volume, notes: list[str]) -> dict[str,
     sz = volume.spacing[2]
     candidate = grid.body_filled & (grid.hu < -400.0) & grid.valid
     box = bbox3d(candidate)  # opening and labelling inside the candidates' box: the lungs' own
-    lab, n = label_faces(open2d(candidate[box])) if box is not None else (None, 0)
+    lab, n = ndi.label(open2d(candidate[box]), output=np.intp) if box is not None else (None, 0)
     if n == 0:
         out.update(lungs_fully_covered=False, lung_volume_ml=0.0)
         notes.append("no lung found inside the body")
@@ -545,7 +546,7 @@ def measure_mr(volume: Volume, slice_positions_mm: Sequence[float] | None = None
         notes.append("image is constant: no SNR")
     else:
         fg = img > t
-        lab, n = label_faces(open2d(fg))
+        lab, n = ndi.label(open2d(fg))
         if n == 0:
             notes.append("no foreground found")
         else:
