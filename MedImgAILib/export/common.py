@@ -16,10 +16,10 @@ from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 import numpy as np
 import pydicom
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from pydicom.dataelem import RawDataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
-from pydicom.uid import generate_uid
+from pydicom.uid import UID, generate_uid
 from pydicom.valuerep import format_number_as_ds
 
 from .. import __version__ as LIB_VERSION
@@ -168,6 +168,7 @@ class SeriesHeaders:
         n = len(self._ordered)
         wanted = range(n) if full is None else {int(k) for k in full if 0 <= int(k) < n}
         read: dict[str, Dataset] = {}  # by instance: a multi-frame source is read once
+        uids: dict[tuple[int, str], DataElement] = {}
         out: list[Dataset] = []
         for k, h in enumerate(self._ordered):
             if k in wanted or h.sop_instance_uid in read:
@@ -175,21 +176,30 @@ class SeriesHeaders:
                     read[h.sop_instance_uid] = _sanitized(h.dataset)
                 out.append(read[h.sop_instance_uid])
             else:
-                out.append(_reference_only(h))
+                out.append(_reference_only(h, uids))
         return CheckedSources(out, self.volume.source_sop_instance_uids)
 
 
 #: what a reference-only dataset holds (see :class:`SeriesHeaders`): the references and the grid
-_REFERENCE_ONLY = tuple((kw, tag_for_keyword(kw)) for kw in REQUIRED_SOURCE_TAGS)
+_REFERENCE_ONLY = tuple((kw, tag, dictionary_VR(tag)) for kw, tag in ((kw, tag_for_keyword(kw)) for kw in REQUIRED_SOURCE_TAGS))
 
 
-def _reference_only(h: Any) -> Dataset:
-    """Elements given as raw little-endian bytes, decoded by pydicom only when read (most never are):
-    building ~250 datasets element by element through pydicom's value checks cost ~50 ms."""
+def _reference_only(h: Any, uids: dict[tuple[int, str], DataElement]) -> Dataset:
+    """The UIDs (which every object reads) as values pydicom takes without checking them again (the
+    scan read them from the file), one element per value shared by the datasets of one call
+    (``uids``; study, series, class and frame of reference are the same for all, and nothing changes
+    these datasets); the grid as raw little-endian bytes, decoded only when read (most never are).
+    Building ~300 datasets element by element through pydicom's value checks cost ~50 ms, and
+    converting raw UIDs on first read another ~30 ms."""
     items = {}
-    for kw, tag in _REFERENCE_ONLY:
-        vr = dictionary_VR(tag)
+    for kw, tag, vr in _REFERENCE_ONLY:
         value = h.get(kw)
+        if vr == "UI":
+            elem = uids.get((tag, value))
+            if elem is None:
+                elem = uids[(tag, value)] = DataElement(BaseTag(tag), "UI", UID(value), already_converted=True)
+            items[elem.tag] = elem
+            continue
         if vr == "US":
             raw = struct.pack("<H", int(value))
         elif vr == "DS":  # the file's own text where the scan kept it: the SEG copies positions verbatim
