@@ -15,14 +15,13 @@ from typing import Mapping, Optional, Sequence
 
 import highdicom as hd
 from highdicom.sr import CodedConcept
-from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import BaseTag
 from pydicom.sr.codedict import codes
 
 from ..errors import ExportError
 from ..results import Category, Code, Finding
-from .seg import reference_items
+from .seg import reference_sequence
 from . import _highdicom  # noqa: F401  (installs the memoized IOD look-up highdicom asks per source image)
 from .common import quiet_phi_warnings, PRIVATE_SCHEME, DeviceInfo, ExportUIDs, add_private_scheme, hd_code, write_atomic
 
@@ -280,7 +279,7 @@ def _evidence_for_all_sources(sr: Dataset, sources: Sequence[Dataset]) -> None:
         for study_item in sr.get(keyword, []):
             for series_item in study_item.ReferencedSeriesSequence:
                 if series_item.SeriesInstanceUID == series_uid:
-                    series_item[_REF_SOP_SEQUENCE] = DataElement(_REF_SOP_SEQUENCE, "SQ", reference_items(pairs))
+                    series_item[_REF_SOP_SEQUENCE] = reference_sequence(_REF_SOP_SEQUENCE, pairs)
                     return
     raise ExportError(f"the SR records no evidence item for source series {series_uid}")
 

@@ -243,3 +243,17 @@ def test_key_image_outline_traced_on_the_lesion_box_is_the_whole_slice_outline()
                  for c in find_contours(np.pad(m.astype(np.float32), 1), 0.5)]
         assert outline_paths(m, scale) == whole
     assert outline_paths(np.zeros((4, 4), bool), 2) == []
+
+
+def test_reference_sequence_bytes_are_what_pydicom_writes_for_the_items():
+    """The SEG's and SR's 300-item reference lists, made as bytes once, equal pydicom's encoding of
+    the same items (odd and even UID lengths), and read back as those items."""
+    from MedImgAILib.export.seg import reference_sequence
+
+    pairs = [("1.2.840.10008.5.1.4.1.1.2", f"1.2.826.0.1.3680043.8.498.{n}{'7' * (n % 3)}") for n in range(7)]
+    raw = reference_sequence(0x00082112, pairs)
+    ds = Dataset()
+    ds.SourceImageSequence = [_item(ReferencedSOPClassUID=c, ReferencedSOPInstanceUID=i) for c, i in pairs]
+    assert raw.value == sequence_bytes_as_pydicom_writes(ds, "SourceImageSequence")[12:]  # after tag, VR, length
+    back = Dataset({raw.tag: raw})
+    assert [(it.ReferencedSOPClassUID, it.ReferencedSOPInstanceUID) for it in back.SourceImageSequence] == pairs
