@@ -128,9 +128,9 @@ class AnalysisOptions:
     store: Optional[Any] = None  # tracking.ResultStore: priors in, result out
     site: str = ""
     observer: Optional[str] = None  # a radiologist confirming; None = the device alone
-    #: run the work that does not need the model output (image-quality measures, writing the NIfTI
-    #: maps) on background threads beside inference / the send.
-    #: False runs every stage in turn (the reference for what overlapping saves).
+    #: run work that does not need the model output on background threads: the image-quality
+    #: measures beside inference (when the policy can refuse on them; otherwise they follow the
+    #: stored result), the NIfTI maps beside the key images. False runs every stage in turn.
     overlap: bool = True
 
 
@@ -328,9 +328,9 @@ def _analyze(source: str, opts: AnalysisOptions, run: _Run) -> AnalysisResult:
     result.warnings.extend(volume.warnings)
 
     # protocol conformance: the header criteria are checked before any inference (a "refuse" policy
-    # stops here); the image-quality measures need only the pixels, so with ``overlap`` they run on a
-    # thread beside inference, and the decision on the full report (header + image quality) is taken
-    # when inference is done, before anything is measured or written.
+    # stops here). The image-quality measures need only the pixels: where the policy could refuse on
+    # them they run beside inference (``overlap``) and are decided before anything is measured or
+    # written; otherwise they are measured after the SEG and SR are stored (_protocol_start).
     with run.step("protocol", 0.2, "checking the acquisition against the protocol library"):
         iq_job, iq_deferred = _protocol_start(result, metadata, volume, card, opts)
     warn_at = len(result.warnings)  # protocol warnings go before the model's, as when run in turn
@@ -397,7 +397,7 @@ def _analyze(source: str, opts: AnalysisOptions, run: _Run) -> AnalysisResult:
                 from .export import export_key_images
 
                 with deferred_durability():
-                    export_key_images(run.work, exported, volume, instance_map, result.findings, exported_device(card))
+                    export_key_images(run.work, exported, volume, instance_map, result.findings, _device(card))
                 if opts.send_to:
                     _send(run, opts, result, exported.key_images)
         if iq_deferred is not None:
@@ -479,7 +479,7 @@ def _protocol_start(result: AnalysisResult, metadata: Any, volume: Volume, card:
         result.protocol = {"id": None, "version": None, "conformant": None, "checks": [],
                            "messages": ["no DICOM header (image file input): acquisition not checked"]}
         return None, None
-    from .protocols.conformance import check_series
+    from .protocols.conformance import ConformancePolicy, check_series
     from .protocols.quality import measure_image_quality, slice_positions_from_volume
 
     candidates = list(getattr(card, "required_protocols", []) or []) or None
@@ -487,8 +487,6 @@ def _protocol_start(result: AnalysisResult, metadata: Any, volume: Volume, card:
     header_report = check_series(metadata, None, opts.protocol_id, candidates=candidates, slice_positions_mm=positions)
     _protocol_decide(header_report, volume, opts)
     modality = metadata.series.modality.value or volume.modality
-    from .protocols.conformance import ConformancePolicy
-
     gates = (opts.policy or ConformancePolicy()).on_nonconformant == "refuse"
     job = _Background("image-quality", lambda: measure_image_quality(volume, modality=modality, slice_positions_mm=positions),
                       start=opts.overlap and gates)
@@ -672,7 +670,7 @@ def _write_maps(work: Path, volume: Volume, labels: np.ndarray, instance_map: np
         save_nifti(volume.with_array(instance_map.astype(imap_type, copy=False)).to_nifti(), work / "instances.nii.gz")
 
 
-def exported_device(card: Any) -> Any:
+def _device(card: Any) -> Any:
     from .export import DeviceInfo
 
     return DeviceInfo(model_id=card.id, model_version=card.version)
@@ -687,7 +685,7 @@ def _export(work: Path, card: Any, volume: Volume, instance_map: np.ndarray, res
     from .export import SeriesHeaders, export_results
 
     return export_results(
-        work, volume, instance_map, result.findings, SeriesHeaders(instances, volume), exported_device(card),
+        work, volume, instance_map, result.findings, SeriesHeaders(instances, volume), _device(card),
         label_specs=label_specs_for(card), study_measurements=result.study_measurements or None,
         person_observer=opts.observer, key_images=opts.key_images,
     )

@@ -270,3 +270,51 @@ def test_a_t1_mr_series_goes_to_the_hippocampus_model_and_out_as_seg_and_sr(tmp_
     for p in (result.outputs.seg, result.outputs.sr):
         assert p and _dciodvfy_errors(p) == [], p
     assert json.loads((out / "findings.json").read_text())["study_measurements"]["hippocampal_fraction_of_etiv"] > 0
+
+
+_SEG_AND_SR_ONLY = """\
+[[TransferSyntaxes]]
+[Uncompressed]
+TransferSyntax1 = LocalEndianExplicit
+TransferSyntax2 = LittleEndianImplicit
+
+[[PresentationContexts]]
+[SegAndSr]
+PresentationContext1 = VerificationSOPClass\\Uncompressed
+PresentationContext2 = SegmentationStorage\\Uncompressed
+PresentationContext3 = Comprehensive3DSRStorage\\Uncompressed
+
+[[Profiles]]
+[SegAndSrOnly]
+PresentationContexts = SegAndSr
+"""
+
+
+def test_a_failure_after_the_result_is_stored_says_what_the_pacs_holds(in_ns, netns, phantom_study, tmp_path):
+    """SEG and SR are stored before the key images are drawn. A PACS that takes SEG and SR but no
+    Secondary Capture (DCMTK's storescp with a profile of those two classes) fails the key-image
+    step: error.json names that stage and the objects the PACS already holds, and nothing in the
+    output folder looks like a result."""
+    from Testing.conftest import require_tool
+
+    cfg = tmp_path / "storescp.cfg"
+    cfg.write_text(_SEG_AND_SR_ONLY)
+    pacs_dir, out, port = tmp_path / "pacs", tmp_path / "out", 11470
+    pacs_dir.mkdir()
+    proc = subprocess.Popen(netns.cmd(require_tool("storescp"), "-aet", "SEGSR", "-od", str(pacs_dir), "-xf", str(cfg),
+                                      "SegAndSrOnly", str(port)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        netns.wait_port(port, proc=proc)
+        node = f"SEGSR@127.0.0.1:{port}"
+        with pytest.raises(MedImgAIError):
+            analyze(phantom_study["dir"], out, AnalysisOptions(model_id="ct-lung-nodule", device="cpu", send_to=node))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    err = json.loads((out / "error.json").read_text())
+    assert err["stage"] == "key_images", err
+    assert "refused 3 of 3" in err["message"] and "accepted no presentation context" in err["message"], err["message"]
+    assert err["already_stored"] == {"node": node, "objects": ["seg.dcm", "sr.dcm"]}
+    assert sorted(p.name for p in out.iterdir()) == ["error.json"]
+    stored = sorted(pacs_dir.iterdir())
+    assert len(stored) == 2 and {p.name[:2] for p in stored} == {"SG", "SR"}  # storescp's modality prefixes
