@@ -584,8 +584,11 @@ def test_command_pdu_arriving_in_parts_and_a_sender_dying_inside_one(study, tmp_
         item = bytes((context_id, control)) + data
         return struct.pack(">BBII", 0x04, 0, len(item) + 4, len(item)) + item
 
-    src = next(f for f in study["files"] if (ds := pydicom.dcmread(f, stop_before_pixels=True)).SOPClassUID == sc.CTImageStorage
-               and ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian)
+    def plain_ct(f: Path) -> bool:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        return ds.SOPClassUID == sc.CTImageStorage and ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+
+    src = next(f for f in study["files"] if plain_ct(f))
     raw = src.read_bytes()
     uid = str(pydicom.dcmread(src, stop_before_pixels=True).SOPInstanceUID)
 
