@@ -564,3 +564,70 @@ def test_sender_dying_mid_instance_leaves_nothing_and_listener_serves_on(study, 
         assert lst.received == 2
     assert not list((tmp_path / "store").glob("*/*/.incoming-*"))
     assert len(list((tmp_path / "store").glob("*/*/*.dcm"))) == 2
+
+
+def test_command_pdu_arriving_in_parts_and_a_sender_dying_inside_one(study, tmp_path):
+    """The listener peeks at each C-STORE's command PDU before it takes the message. Written in two
+    parts with a pause (senders often write a PDU's header and body separately), it waits for the
+    rest and stores the instance; a sender that dies inside one ends its association at once (not
+    after the network timeout), and the listener serves on."""
+    import struct
+
+    from pynetdicom import AE, build_context
+    from pynetdicom import sop_class as sc
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    from MedImgAILib.pacs.dimse import dataset_offset
+    from MedImgAILib.pacs.syncget import encode_command
+
+    def pdu(context_id: int, control: int, data: bytes) -> bytes:
+        item = bytes((context_id, control)) + data
+        return struct.pack(">BBII", 0x04, 0, len(item) + 4, len(item)) + item
+
+    def plain_ct(f: Path) -> bool:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        return ds.SOPClassUID == sc.CTImageStorage and ds.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+
+    src = next(f for f in study["files"] if plain_ct(f))
+    raw = src.read_bytes()
+    uid = str(pydicom.dcmread(src, stop_before_pixels=True).SOPInstanceUID)
+
+    def command(sop: str) -> bytes:
+        ui = lambda u: u.encode() + (b"\0" if len(u) % 2 else b"")  # noqa: E731
+        return encode_command([(0x0002, ui(sc.CTImageStorage)), (0x0100, struct.pack("<H", 0x0001)),
+                               (0x0110, struct.pack("<H", 1)), (0x0700, struct.pack("<H", 0)),
+                               (0x0800, struct.pack("<H", 0x0000)), (0x1000, ui(sop))])
+
+    cfg = _listener(tmp_path)
+    cfg.timeouts = (30.0, 60.0, 60.0)
+    with Listener(cfg) as lst:
+        ae = AE(ae_title="SPLIT")
+        ae.requested_contexts = [build_context(sc.CTImageStorage, [ExplicitVRLittleEndian])]
+        assoc = ae.associate("127.0.0.1", lst.port, ae_title="LISTENER")
+        assert assoc.is_established
+        cx = assoc.accepted_contexts[0].context_id
+        sock = assoc.dul.socket.socket
+        first = pdu(cx, 0x03, command(uid))
+        sock.sendall(first[:6])  # the PDU header alone
+        time.sleep(0.05)
+        sock.sendall(first[6:] + pdu(cx, 0x02, raw[dataset_offset(raw):]))
+        deadline = time.monotonic() + 10
+        while lst.received < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert lst.received == 1 and lst.received_sync == 0  # counted when the association ends
+        assoc.abort()
+
+        assoc = ae.associate("127.0.0.1", lst.port, ae_title="LISTENER")
+        assert assoc.is_established
+        sock = assoc.dul.socket.socket
+        sock.sendall(pdu(cx, 0x03, command("1.2.3.4.5.6"))[:20])
+        time.sleep(0.1)
+        t0 = time.monotonic()
+        sock.close()  # the sender dies inside the command PDU
+        assoc.abort()
+        while lst._ae.active_associations and time.monotonic() - t0 < 10:
+            time.sleep(0.02)
+        assert not lst._ae.active_associations and time.monotonic() - t0 < 5
+        assert storescu(lst.port, study["files"][:2]).returncode == 0
+        assert lst.received == 3
+    assert uid in {p.stem for p in (tmp_path / "store").glob("*/*/*.dcm")}

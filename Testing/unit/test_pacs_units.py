@@ -337,6 +337,20 @@ def test_journal_keeps_an_acknowledged_instance_it_could_not_place(tmp_path):
     assert path.read_bytes() == raw
 
 
+def test_journal_crc_is_zlibs(tmp_path):
+    """The journal's CRC-32 (ISA-L's, for speed) gives zlib's values, chained over buffers and
+    memoryviews as the appends use it: a journal written by either replays with the other."""
+    import os
+    import zlib
+
+    from MedImgAILib.pacs.storage import Journal
+
+    j = Journal(tmp_path, capacity=2 << 20)
+    data = os.urandom(300_001)
+    assert j._crc(memoryview(data)[7:], j._crc(b"1.2/3.4/5.dcm")) == zlib.crc32(data[7:], zlib.crc32(b"1.2/3.4/5.dcm"))
+    os.close(j.fd)
+
+
 def test_placing_from_the_journal_copies_the_instance(tmp_path):
     ds, raw = _instance(sop="1.2.3.4.10")
     store = InstanceStore(tmp_path)
