@@ -194,8 +194,7 @@ class Writer:
     C-STORE-RSP leaves once the instance is validated (its UIDs name a safe path), and the file is
     written after it, while the PACS prepares and sends the next instance: writing first kept
     ~0.3 ms per 512x512 image (open, writev into the page cache, rename) between each instance and
-    the next (200-slice CT from Orthanc, 16 interleaved pairs on a quiet machine: 0.25 s instead of
-    0.38 s; with the cores busy the gain shrinks to a few %). A write that then fails (disk full) is not lost
+    the next, about a fifth of the retrieval here. A write that then fails (disk full) is not lost
     from view: it counts as a local failure, and the retrieval is not reported complete (what it
     reports comes from the files on disk, never from the PACS's counts). Handing the write to
     another thread measured no faster, with the machine's two cores shared. ``WRITE_AFTER_RESPONSE``
