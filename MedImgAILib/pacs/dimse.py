@@ -743,10 +743,8 @@ def c_store(assoc: Association, context_id: int, sop_class: str, sop_instance: s
 
 
 # --- C-GET -----------------------------------------------------------------------------------------
-#: called with (context_id, sop_class_uid, sop_instance_uid, dataset fragments); returns a status,
-#: or (status, then): ``then()`` runs once the C-STORE-RSP has gone, before the next message is read
-#: (the fragments stay valid until then)
-InstanceHandler = Callable[[int, str, str, list[memoryview]], "int | tuple[int, Callable[[], object]]"]
+#: called with (context_id, sop_class_uid, sop_instance_uid, dataset fragments); returns a status
+InstanceHandler = Callable[[int, str, str, list[memoryview]], int]
 
 
 class GetOutcome:
@@ -791,12 +789,7 @@ def c_get(
             sop_class = uid_text(cmd.get(_AFFECTED_SOP_CLASS))
             sop_instance = uid_text(cmd.get(_AFFECTED_SOP_INSTANCE))
             status = on_instance(context_id, sop_class, sop_instance, fragments) if fragments else 0xC000
-            then = None
-            if isinstance(status, tuple):
-                status, then = status
             assoc.send(store_response(context_id, us(cmd.get(_MESSAGE_ID)) or 0, sop_class, sop_instance, status))
-            if then is not None:
-                then()
             continue
         if field_ != C_GET_RSP_FIELD:
             raise DimseError(f"{assoc.peer} sent an unexpected DIMSE message (command 0x{field_ or 0:04X}) "
