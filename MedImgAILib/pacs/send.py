@@ -89,7 +89,7 @@ def store_files(
             target = route.get((cls, ts))
             if target is None:
                 result.failed += 1
-                result.errors.append(f"{path.name}: {node} accepted no presentation context for SOP class {cls}")
+                result.errors.append(f"{path.name}: {node} accepted no presentation context for {_class_name(cls)}")
                 continue
             cid, accepted = target
             try:
@@ -115,3 +115,12 @@ def store_files(
     finally:
         if not assoc.closed:
             assoc.release()
+
+
+def _class_name(sop_class: str) -> str:
+    """"Secondary Capture Image Storage (1.2.840.10008.5.1.4.1.1.7)": what a PACS administrator
+    configures by name (pydicom's UID dictionary is loaded here only, on this error)."""
+    from pydicom.uid import UID
+
+    name = UID(sop_class).name
+    return f"{name} ({sop_class})" if name and name != sop_class else f"SOP class {sop_class}"

@@ -313,7 +313,8 @@ def test_a_failure_after_the_result_is_stored_says_what_the_pacs_holds(in_ns, ne
         proc.wait(timeout=10)
     err = json.loads((out / "error.json").read_text())
     assert err["stage"] == "key_images", err
-    assert "refused 3 of 3" in err["message"] and "accepted no presentation context" in err["message"], err["message"]
+    assert "refused 3 of 3" in err["message"], err["message"]
+    assert "accepted no presentation context for Secondary Capture Image Storage" in err["message"], err["message"]
     assert err["already_stored"] == {"node": node, "objects": ["seg.dcm", "sr.dcm"]}
     assert sorted(p.name for p in out.iterdir()) == ["error.json"]
     stored = sorted(pacs_dir.iterdir())
