@@ -96,7 +96,8 @@ def main() -> None:
         st = _stages(result.timings_s)
         bg = ", ".join(f"{k.split('.')[0]} {st[k]:.2f}" for k in BACKGROUND if st[k])
         print(f"{mode:<10} " + ", ".join(f"{k} {st[k]:.2f}" for k in RESULT_STAGES)
-              + f" | SEG+SR stored at {st['results']:.2f} | " + ", ".join(f"{k} {st[k]:.2f}" for k in AFTER_STAGES)
+              + f" | SEG+SR stored at {st['results']:.2f} ({_share(st, 'results')[1]:.1f} % not inference) | "
+              + ", ".join(f"{k} {st[k]:.2f}" for k in AFTER_STAGES)
               + f", total {st['total']:.2f}" + (f"  | beside: {bg}" if bg else ""), flush=True)
         return st
 
@@ -129,8 +130,9 @@ def main() -> None:
     for m, s in med.items():
         o_r, p_r = _share(s, "results")
         o_t, p_t = _share(s, "total")
-        print(f"{m}: everything except inference until SEG+SR stored {o_r:.2f} s = {p_r:.1f} % (target <= 15 %); "
-              f"of the whole run {o_t:.2f} s = {p_t:.1f} %")
+        per_run = sorted(_share(r, "results")[1] for r in runs[m])
+        print(f"{m}: everything except inference until SEG+SR stored {o_r:.2f} s = {p_r:.1f} % (target <= 15 %; "
+              f"per run {', '.join(f'{x:.1f}' for x in per_run)} %); of the whole run {o_t:.2f} s = {p_t:.1f} %")
     if "sequential" in med:
         q = med["sequential"]["inference"]
         for m, s in med.items():
