@@ -111,6 +111,24 @@ def test_an_empty_study_gives_an_error_record_and_no_result(tmp_path):
     assert not (tmp_path / "out" / "findings.json").exists() and not (tmp_path / "out" / "seg.dcm").exists()
 
 
+def test_the_garbage_collector_pauses_until_the_result_is_stored(folder_result, tmp_path):
+    """analyze() pauses the cyclic collector on the way to the stored result and always resumes
+    it: after a run, after a failed run, and not at all when the caller had it off."""
+    import gc
+
+    assert gc.isenabled()  # folder_result's run is over
+    with pytest.raises(MedImgAIError):
+        analyze(tmp_path / "missing", tmp_path / "out", AnalysisOptions(model_id="ct-lung-nodule"))
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with pytest.raises(MedImgAIError):
+            analyze(tmp_path / "missing", tmp_path / "out2", AnalysisOptions(model_id="ct-lung-nodule"))
+        assert not gc.isenabled()  # the caller's choice stands
+    finally:
+        gc.enable()
+
+
 def test_a_series_with_a_missing_slice_is_reported(phantom_study, tmp_path):
     src = tmp_path / "gap"
     src.mkdir()
