@@ -136,7 +136,7 @@ def main() -> None:
     if "sequential" in med:
         q = med["sequential"]["inference"]
         for m, s in med.items():
-            if m != "sequential":
+            if s["protocol.background"]:  # something ran beside inference: charge its slowdown too
                 o_r, p_r = _share(s, "results", q)
                 print(f"{m}, against inference in the sequential runs ({q:.2f} s; charges any slowdown of inference "
                       f"to the rest): {o_r:.2f} s = {p_r:.1f} % until SEG+SR stored; inference {m}/sequential "
