@@ -6,8 +6,10 @@ the reference lists of both are thousands of small elements of a few VRs. ``enco
 such sequence items (explicit VR little endian) the way pydicom 3's ``write_dataset`` does, element
 by element, at a few microseconds each; whatever it does not encode itself (PN, OB, AT, non-ASCII
 text, a charset whose ASCII is not plain ASCII, 16-bit-length overflow...) it hands to pydicom's own
-``write_data_element``, so the result is pydicom's by construction. Items holding raw (undecoded)
-elements or ambiguous VRs are left to pydicom entirely: those need its read-back and VR correction.
+``write_data_element``, so the result is pydicom's by construction. Raw sequences in explicit VR
+little endian (the export's pre-encoded reference lists) are written as they are, as pydicom writes
+them; items holding other raw (undecoded) elements or ambiguous VRs are left to pydicom entirely:
+those need its read-back and VR correction.
 Tests compare the output with pydicom's writer for every object we export.
 """
 
@@ -156,7 +158,13 @@ def _encode_dataset(ds: Dataset, parent_charset, out: list) -> int:
         if element == 0 and group > 6:
             continue  # pydicom drops retired group lengths
         if isinstance(elem, RawDataElement):
-            raise _Unsupported(t)
+            if not _verbatim(elem):
+                raise _Unsupported(t)
+            # a sequence already encoded (export's reference lists): pydicom writes its bytes as they are
+            out.append(_LONG.pack(group, element, b"SQ", 0, len(elem.value)))
+            out.append(elem.value)
+            n += 12 + len(elem.value)
+            continue
         vr = elem.VR
         if vr == "SQ":
             start = len(out)
@@ -194,6 +202,13 @@ def _encode_dataset(ds: Dataset, parent_charset, out: list) -> int:
     return n
 
 
+def _verbatim(elem: RawDataElement) -> bool:
+    """A raw sequence of defined length in explicit VR little endian: its VRs are in its bytes (no
+    ambiguous-VR pass can change them), and pydicom writes it in that encoding as it is."""
+    return (elem.VR == "SQ" and not elem.is_implicit_VR and elem.is_little_endian
+            and elem.value is not None and elem.length != _UNDEFINED)
+
+
 def _encode_item(item: Dataset, charset, out: list) -> int:
     """Append one item (header, elements, delimiter); returns its encoded length."""
     start = len(out)
@@ -210,7 +225,7 @@ def _encode_item(item: Dataset, charset, out: list) -> int:
 def encode_items(items: Iterable[Dataset], charset=_DEFAULT_ENCODING) -> Optional[bytes]:
     """The value of a sequence holding ``items`` as pydicom 3 writes it in explicit VR little endian
     under the enclosing dataset's Specific Character Set ``charset``; None when an item holds raw
-    elements or ambiguous VRs."""
+    elements (other than explicit-VR sequences) or ambiguous VRs."""
     out: list[bytes] = []
     try:
         for item in items:
@@ -242,10 +257,13 @@ def preencode_sequences(ds: Dataset) -> None:
             encoded[elem.tag] = RawDataElement(elem.tag, "SQ", len(enc), enc, 0, False, True)
     if not encoded:
         return
-    for tag in encoded:
+    # sequences already raw in explicit VR little endian stay out of the ambiguous-VR pass too: it
+    # would decode them (300 items for a reference list) for pydicom to encode them again
+    kept = {t: e for t, e in ds._dict.items() if isinstance(e, RawDataElement) and _verbatim(e)}
+    for tag in (*encoded, *kept):
         del ds[tag]
     correct_ambiguous_vr(ds, True)  # what is left (encoded sequences hold no ambiguous VR)
-    for tag, raw in encoded.items():
+    for tag, raw in {**encoded, **kept}.items():
         ds[tag] = raw
     ds.set_original_encoding(False, True, ds._character_set)
 

@@ -257,3 +257,32 @@ def test_reference_sequence_bytes_are_what_pydicom_writes_for_the_items():
     assert raw.value == sequence_bytes_as_pydicom_writes(ds, "SourceImageSequence")[12:]  # after tag, VR, length
     back = Dataset({raw.tag: raw})
     assert [(it.ReferencedSOPClassUID, it.ReferencedSOPInstanceUID) for it in back.SourceImageSequence] == pairs
+
+
+def test_raw_reference_lists_are_written_as_they_are_inside_items_and_at_the_top():
+    """The pre-encoded reference lists (raw explicit-VR sequences) inside an item are written
+    verbatim, as pydicom writes them; at the top level they stay raw through pre-encoding (not
+    decoded by the ambiguous-VR pass); the file is pydicom's, and reads back as the items."""
+    from MedImgAILib.export.seg import reference_sequence
+
+    pairs = [("1.2.840.10008.5.1.4.1.1.2", f"1.2.3.{n}") for n in range(5)]
+    series = _item(SeriesInstanceUID="1.2.3")
+    series[0x0008114A] = reference_sequence(0x0008114A, pairs)
+    assert encode_items([series]) == _pydicom_bytes([series])
+    raw_other = Dataset()
+    raw_other[0x00081155] = RawDataElement(0x00081155, "UI", 4, b"1.2\0", 0, False, True)
+    assert encode_items([raw_other]) is None  # raw values other than such sequences: left to pydicom
+
+    ds = Dataset()
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.66.4"
+    ds.SOPInstanceUID = "1.2.3.4"
+    ds.ReferencedSeriesSequence = [series]
+    ds[0x00082112] = reference_sequence(0x00082112, pairs)  # Source Image Sequence
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+    expected = _file_bytes(copy.deepcopy(ds))
+    preencode_sequences(ds)
+    assert isinstance(ds._dict[0x00082112], RawDataElement) and isinstance(ds._dict[0x00081115], RawDataElement)
+    assert _file_bytes(ds) == expected
+    assert [it.ReferencedSOPInstanceUID for it in ds.SourceImageSequence] == [i for _, i in pairs]
