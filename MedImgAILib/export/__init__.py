@@ -23,6 +23,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import SecondaryCaptureImageStorage
 
+from ..findings.extract import nonzero_slices
 from ..results import Finding
 from ..volume import Volume
 from .common import DeviceInfo, ExportUIDs, SeriesHeaders, source_datasets, write_atomic
@@ -153,8 +154,7 @@ def _slices_copied_from(instance_map: np.ndarray, findings: Sequence[Finding], k
     copies patient, study and equipment from the first of the SEG's source images; of the others it
     takes the UIDs and the position, which reference-only datasets carry as the file writes them)
     and the key-image slices (each key image copies its slice's header)."""
-    nk = instance_map.shape[0]
-    labelled = np.flatnonzero(instance_map.reshape(nk, -1).max(axis=1)) if findings and instance_map.size else []
+    labelled = np.flatnonzero(nonzero_slices(instance_map)) if findings and instance_map.size else []
     keys = [int(f.slice_index) for f in findings if f.slice_index is not None] if key_images else []
     return sorted({0, *map(int, labelled[:1]), *keys})
 

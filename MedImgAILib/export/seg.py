@@ -20,7 +20,7 @@ from pydicom.tag import BaseTag
 from pydicom.uid import generate_uid
 
 from ..errors import ExportError
-from ..findings.extract import LabelSpec
+from ..findings.extract import LabelSpec, foreground_box
 from ..results import Code, Finding
 from ..volume import Volume
 from . import _highdicom  # noqa: F401  (installs the memoized IOD look-up highdicom asks per source image)
@@ -117,7 +117,7 @@ def build_seg(
     values = [int(s.value) for s in segments]
     # Which values occur: count the labelled voxels inside the bounding box of all of them (lesions
     # fill a few percent of a 512x512x300 grid; a full-volume mask costs a pass over all of it).
-    box = _foreground_box(arr)
+    box = foreground_box(arr)
     sub = arr[box] if box is not None else arr[:0]
     labelled = sub[sub > 0]  # bincount widens to int64: only the labelled voxels (negatives are none)
     counts = np.bincount(labelled.ravel(), minlength=max(values) + 1) if labelled.size else np.zeros(max(values) + 1)
@@ -184,33 +184,6 @@ def build_seg(
 
 
 _SOURCE_IMAGES, _REFERENCED_INSTANCES = BaseTag(0x00082112), BaseTag(0x0008114A)
-
-
-def _nonzero_slices(arr: np.ndarray) -> np.ndarray:
-    """Whether each k slice holds a nonzero voxel, in one pass over the map. An integer map is read
-    as 8-byte words where its slices allow (a slice is nonzero exactly when one of its words is):
-    on a 512x512x300 uint16 map 18 ms instead of 42 ms for ``any`` (which reads element by element)."""
-    flat = arr.reshape(arr.shape[0], -1)
-    row_bytes = flat.shape[1] * flat.itemsize
-    if arr.dtype.kind in "uib" and flat.flags.c_contiguous and row_bytes % 8 == 0 and row_bytes:
-        return flat.view(np.uint64).max(axis=1) != 0
-    return flat.any(axis=1)
-
-
-def _foreground_box(arr: np.ndarray) -> Optional[tuple[slice, slice, slice]]:
-    """Bounding box of the nonzero voxels (None when there are none): the slice range from one pass
-    over the map, the row/column ranges from the slices in it only (findings.extract.foreground_box,
-    with the faster first pass)."""
-    ks = np.flatnonzero(_nonzero_slices(arr))
-    if ks.size == 0:
-        return None
-    slab = arr[ks[0] : ks[-1] + 1]
-    if arr.dtype.kind in "uib":  # the slab's maximum bit pattern per pixel, then its rows and columns
-        top = slab.view(np.dtype(f"u{arr.itemsize}")).max(axis=0)  # ints: nonzero exactly when the bits are
-        js, is_ = np.flatnonzero(top.any(axis=1)), np.flatnonzero(top.any(axis=0))
-    else:
-        js, is_ = np.flatnonzero(slab.any(axis=(0, 2))), np.flatnonzero(slab.any(axis=(0, 1)))
-    return slice(int(ks[0]), int(ks[-1]) + 1), slice(int(js[0]), int(js[-1]) + 1), slice(int(is_[0]), int(is_[-1]) + 1)
 
 
 def _labelled_slices(seg_map: np.ndarray, box: Optional[tuple[slice, ...]]) -> np.ndarray:

@@ -199,13 +199,21 @@ def test_memoized_iod_lookup_answers_as_highdicom():
         _highdicom.is_attribute_in_iod("PixelData", "1.2.3.4")
 
 
+def _box_by_nonzero(arr: np.ndarray):
+    """The bounding box of the non-zero voxels as np.nonzero gives it (the reference)."""
+    idx = np.nonzero(arr)
+    if idx[0].size == 0:
+        return None
+    return tuple(slice(int(a.min()), int(a.max()) + 1) for a in idx)
+
+
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.int32, np.float32, bool])
 @pytest.mark.parametrize("shape", [(7, 16, 16), (5, 7, 9), (1, 4, 2)])
-def test_seg_foreground_box_matches_the_findings_one(dtype, shape):
-    """The SEG's faster labelled-slice scan (8-byte words) finds the box findings.extract finds, for
-    word-sized and odd-sized slices, signed values and floats (-0.0 is zero), and none."""
-    from MedImgAILib.export.seg import _foreground_box
-    from MedImgAILib.findings.extract import foreground_box
+def test_foreground_box_word_scan_matches_nonzero(dtype, shape):
+    """The labelled-slice scan in 8-byte words (findings.extract, used by the SEG and the export's
+    choice of full headers) finds the box np.nonzero finds, for word-sized and odd-sized slices,
+    signed values and floats (-0.0 is zero), and none."""
+    from MedImgAILib.findings.extract import foreground_box, nonzero_slices
 
     rng = np.random.default_rng(3)
     for trial in range(20):
@@ -215,10 +223,11 @@ def test_seg_foreground_box_matches_the_findings_one(dtype, shape):
             arr[k, j, i] = -1 if np.issubdtype(arr.dtype, np.signedinteger) else 1
         if dtype is np.float32:
             arr[0, 0, 0] = -0.0
-        assert _foreground_box(arr) == foreground_box(arr)
+        assert foreground_box(arr) == _box_by_nonzero(arr)
+        assert np.array_equal(nonzero_slices(arr), [bool(np.count_nonzero(x)) for x in arr])
     view = np.zeros((4, 8, 16), dtype=np.uint16)[:, :, ::2]  # not contiguous: plain any()
     view[2, 3, 4] = 9
-    assert _foreground_box(view) == foreground_box(view)
+    assert foreground_box(view) == _box_by_nonzero(view)
 
 
 def test_key_image_outline_traced_on_the_lesion_box_is_the_whole_slice_outline():
