@@ -101,17 +101,6 @@ REQUIRED_SOURCE_TAGS = (
 )
 
 
-class CheckedSources(list):
-    """What :func:`source_datasets` returns: the datasets, checked, in the order of ``order`` (the
-    SOP Instance UIDs of the volume's slices; empty when no volume was given). Given back to
-    :func:`source_datasets` for the same volume it is returned as it is (the pipeline reads and checks
-    the headers beside inference; the export must not pay for the check twice)."""
-
-    def __init__(self, items: Iterable[Dataset], order: Sequence[str] = ()) -> None:
-        super().__init__(items)
-        self.order = tuple(order)
-
-
 def _check_headers(dss: Sequence[Any], name: Callable[[Any], str]) -> None:
     """Every source has the attributes the objects reference it by; one series, one frame of reference."""
     if not dss:
@@ -162,7 +151,7 @@ class SeriesHeaders:
         self.volume = volume
         self._ordered = _in_volume_order({h.sop_instance_uid: h for h in instances}, volume)
 
-    def datasets(self, full: Optional[Iterable[int]] = None) -> CheckedSources:
+    def datasets(self, full: Optional[Iterable[int]] = None) -> list[Dataset]:
         """One dataset per slice in the volume's k order: the file's own header for the slices in
         ``full`` (all when None), a reference-only dataset for the rest."""
         n = len(self._ordered)
@@ -177,7 +166,7 @@ class SeriesHeaders:
                 out.append(read[h.sop_instance_uid])
             else:
                 out.append(_reference_only(h, uids))
-        return CheckedSources(out, self.volume.source_sop_instance_uids)
+        return out
 
 
 #: what a reference-only dataset holds (see :class:`SeriesHeaders`): the references and the grid
@@ -223,7 +212,7 @@ def source_datasets(
     volume: Optional[Volume] = None,
     *,
     full: Optional[Iterable[int]] = None,
-) -> CheckedSources:
+) -> list[Dataset]:
     """The source series' datasets (headers are enough), checked, in the Volume's k order.
 
     ``sources`` are files or datasets (all read and checked), or a :class:`SeriesHeaders` (``full``
@@ -233,15 +222,11 @@ def source_datasets(
         if volume is not None and volume.source_sop_instance_uids != sources.volume.source_sop_instance_uids:
             raise ExportError(f"the series headers given are not those of series {volume.series_instance_uid or '?'}")
         return sources.datasets(full)
-    if isinstance(sources, CheckedSources) and (
-        sources.order == tuple(volume.source_sop_instance_uids) if volume is not None else True
-    ):
-        return sources
     dss = [_sanitized(_ds(s)) for s in sources]
     _check_headers(dss, lambda d: d.get("SOPInstanceUID", "?"))
     if volume is None:
-        return CheckedSources(dss)
-    return CheckedSources(_in_volume_order({d.SOPInstanceUID: d for d in dss}, volume), volume.source_sop_instance_uids)
+        return dss
+    return _in_volume_order({d.SOPInstanceUID: d for d in dss}, volume)
 
 
 def check_label_grid(labels: Volume, sources: Sequence[Dataset]) -> None:
