@@ -111,25 +111,18 @@ def render_key_image(
     if len(f.short_axis_lps_mm) == 2:
         draw.line([to_px(p) for p in f.short_axis_lps_mm], fill=SHORT_RGB, width=2)
     size = max(12, img.height // 40)
+    font = _font(size)
     y = 4
     for line in caption(f):
-        draw_caption_line(draw, (6, y), line, size)
+        draw.text((6, y), line, fill=TEXT_RGB, font=font, stroke_width=2, stroke_fill=(0, 0, 0))
         y += size + 4
     return np.asarray(img)
 
 
-STROKE_RGB = (0, 0, 0)
-STROKE_WIDTH = 2
-
-
 @functools.lru_cache(maxsize=8)
 def _font(size: int) -> ImageFont.FreeTypeFont:
+    """The caption font, loaded once per size (every key image of a study uses the same)."""
     return ImageFont.load_default(size=size)
-
-
-def draw_caption_line(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, size: int) -> None:
-    """``text`` in white with a black outline at ``xy`` (top left)."""
-    draw.text(xy, text, fill=TEXT_RGB, font=_font(size), stroke_width=STROKE_WIDTH, stroke_fill=STROKE_RGB)
 
 
 def build_key_images(
