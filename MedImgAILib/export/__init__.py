@@ -26,6 +26,8 @@ from pydicom.uid import SecondaryCaptureImageStorage
 from ..findings.extract import nonzero_slices
 from ..results import Finding
 from ..volume import Volume
+# highdicom's IOD look-up, memoized for every object built here (the package loads before any of its modules)
+from . import _highdicom  # noqa: F401
 from .common import DeviceInfo, ExportUIDs, SeriesHeaders, source_datasets, write_atomic
 from .key_images import build_key_images, render_key_image, write_key_images
 from .seg import SegmentSpec, build_seg, segments_from_findings, segments_from_labels, write_seg

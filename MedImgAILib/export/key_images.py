@@ -21,7 +21,6 @@ from skimage.measure import find_contours
 from ..errors import ExportError
 from ..results import Finding
 from ..volume import Volume
-from . import _highdicom  # noqa: F401  (installs the memoized IOD look-up highdicom asks per source image)
 from .common import quiet_phi_warnings, DeviceInfo, ExportUIDs, add_related_series, write_atomic
 
 LUNG_WINDOW = (-600.0, 1500.0)  # centre, width

@@ -23,7 +23,6 @@ from ..errors import ExportError
 from ..findings.extract import LabelSpec, foreground_box
 from ..results import Code, Finding
 from ..volume import Volume
-from . import _highdicom  # noqa: F401  (installs the memoized IOD look-up highdicom asks per source image)
 from .common import quiet_phi_warnings, DeviceInfo, ExportUIDs, add_related_series, check_label_grid, hd_code, write_atomic
 
 

@@ -22,7 +22,6 @@ from pydicom.sr.codedict import codes
 from ..errors import ExportError
 from ..results import Category, Code, Finding
 from .seg import reference_sequence
-from . import _highdicom  # noqa: F401  (installs the memoized IOD look-up highdicom asks per source image)
 from .common import quiet_phi_warnings, PRIVATE_SCHEME, DeviceInfo, ExportUIDs, add_private_scheme, hd_code, write_atomic
 
 # The concepts every measurement group names, as highdicom's CodedConcept once: given pydicom Codes,
