@@ -14,6 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import MedImgAIError
+from ..masks import fill_holes2d
 from ..results import Code, Finding
 from ..volume import Volume
 from .measure import AxialAxes, axial_axes_if_larger, centroid_lps, max_3d_diameter
@@ -119,20 +120,6 @@ def body_region(image: Volume, k: int) -> Optional[np.ndarray]:
     return lab == (int(np.argmax(sizes)) + 1)
 
 
-def fill_holes_2d(region: np.ndarray) -> np.ndarray:
-    """``ndimage.binary_fill_holes(region)`` of a 2D mask, by one labelling instead of a dilation
-    iterated to convergence (~4x cheaper on a 512x512 slice): the background's 4-connected
-    components that touch the image border are outside, every other background pixel is a hole.
-    That is the definition binary_fill_holes implements (its default structure is the 4-connected
-    cross and the border counts as background), so the result is the same mask."""
-    bg, n = ndimage.label(~region)
-    outside = np.zeros(n + 1, dtype=bool)  # per background label; 0 = the region itself (kept)
-    for edge in (bg[0], bg[-1], bg[:, 0], bg[:, -1]):
-        outside[edge] = True
-    outside[0] = False
-    return ~outside.take(bg)
-
-
 def body_midline_x_lps(image: Volume, k: int, body: Optional[np.ndarray] = None) -> Optional[float]:
     """LPS x of the body's left-right centre on slice k: the middle of the largest connected region
     above -500 HU (the body, not the table or air). None when no body is visible. ``body``: that
@@ -178,8 +165,8 @@ def pleural_contact_fraction(image: Volume, mask: np.ndarray, off: tuple[int, in
     rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
     r0, c0 = max(int(rows[0]) - 1, 0), max(int(cols[0]) - 1, 0)
     win = (slice(r0, int(rows[-1]) + 2), slice(c0, int(cols[-1]) + 2))
-    body = fill_holes_2d(region[win])
-    cavity = fill_holes_2d(body & (sl[win] <= -500))
+    body = fill_holes2d(region[win])
+    cavity = fill_holes2d(body & (sl[win] <= -500))
     wall = np.zeros(sl.shape, dtype=bool)
     wall[win] = body & ~cavity
     m0, m1 = off[1], off[2]

@@ -227,11 +227,12 @@ def test_real_ct_liver_label_map(ct3slice_dir):
 
 
 def test_fill_holes_by_labelling_is_binary_fill_holes():
-    """fill_holes_2d (one labelling) gives scipy's binary_fill_holes mask exactly: random masks of
-    several densities, holes touching the border and not, a full and an empty slice."""
+    """fill_holes2d of a 2D mask (one labelling; the findings' pleural-contact fills) gives scipy's
+    binary_fill_holes mask exactly: random masks of several densities, holes touching the border and
+    not, a full and an empty slice."""
     from scipy import ndimage
 
-    from MedImgAILib.findings.extract import fill_holes_2d
+    from MedImgAILib.masks import fill_holes2d
 
     rng = np.random.default_rng(7)
     masks = [rng.random((37, 53)) < p for p in (0.3, 0.5, 0.6, 0.75)]
@@ -241,7 +242,7 @@ def test_fill_holes_by_labelling_is_binary_fill_holes():
     ring[0:3, 8] = True  # a spur to the border: the hole stays a hole
     masks += [ring, np.ones((5, 6), bool), np.zeros((5, 6), bool)]
     for m in masks:
-        assert np.array_equal(fill_holes_2d(m), ndimage.binary_fill_holes(m))
+        assert np.array_equal(fill_holes2d(m), ndimage.binary_fill_holes(m))
 
 
 def test_foreground_slabs_cover_every_component_in_k_order():
