@@ -11,7 +11,8 @@ naming UIDs cannot be read by :func:`dimse.naming_uids`), so the command's start
    Instance UID list, concurrently (Orthanc and dcmqrscp serve associations in parallel).
 2. Each received image is one buffer (4 MiB PDUs: one PDU per 512x512 slice); its naming UIDs are
    read from the dataset's first bytes, validated by the store, and the File Meta head plus the
-   dataset fragments are written with one ``writev`` to a temp name, then renamed. Nothing decoded.
+   dataset fragments are written with one ``writev`` to an unnamed file made ahead
+   (:class:`~.storage.SpareFiles`), which then gets its name. Nothing decoded.
 3. ``complete`` only when every expected instance is on disk (one ``syncfs`` at the end), every
    association ended with success and nothing failed; an abort, timeout, cancel or failed
    sub-operation on any association gives ``complete: false`` and the reason. Running the same
@@ -291,10 +292,23 @@ def get(
     cancel: threading.Event | None = None,
 ) -> RetrieveResult:
     """Retrieve a study (or some of its series) with C-GET into ``out_dir`` (study/series/sop.dcm)."""
-    # Instances are written with temp name + rename but without a per-file flush; one filesystem
-    # flush at the end makes the retrieval durable before it is reported (see flush_filesystem).
+    # Instances are written without a per-file flush, each complete before it has its name; one
+    # filesystem flush at the end makes the retrieval durable before it is reported (flush_filesystem).
     store = InstanceStore(Path(out_dir), durable=False)
     t0 = time.perf_counter()
+    # files made ahead while the association is set up (see SpareFiles: creating a file was the
+    # largest part of each acknowledgement's wait)
+    store.use_spare_files()
+    try:
+        return _get(node, settings, store, t0, study_uid, series_uids, parallel, on_progress, cancel)
+    finally:
+        store.close()
+
+
+def _get(
+    node: Any, settings: Any, store: InstanceStore, t0: float, study_uid: str, series_uids: Sequence[str],
+    parallel: int | None, on_progress: ProgressCallback | None, cancel: threading.Event | None,
+) -> RetrieveResult:
     n = max(1, parallel or node.parallel)
     first = _connect(node, settings, ())
     # the study's SOP classes (to propose them all: Orthanc fails a whole C-GET that lacks one) and,

@@ -3,7 +3,8 @@
 Path components come only from UIDs that pass :func:`validate_uid` (digits and dots, at most 64
 characters), so a crafted UID such as ``../../etc/x`` or ``1.2/../../x`` is refused before it can name a
 path. Writes are durable: a temporary file in the target directory is written, fsynced, renamed over
-the final name and the directory fsynced, so an instance is either complete on disk or absent.
+the final name and the directory fsynced, so an instance is either complete on disk or absent. (A
+retrieval, which flushes once at the end, writes unnamed files instead: :class:`SpareFiles`.)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import shutil
 import struct
 import threading
 import zlib
+from collections import deque
 from pathlib import Path
 from ..fileio import flush_filesystem, fsync_dir, libc_handle  # noqa: F401 - the pacs modules take them from here
 from .errors import UnsafeUidError
@@ -101,6 +103,111 @@ class Writeback:
             self._queue.put(batch)
         self._queue.put(None)
         self._thread.join()
+
+
+class SpareFiles:
+    """Unnamed files (``O_TMPFILE``) made ahead by a background thread in the store's filesystem.
+
+    Why: a retrieval acknowledges each instance once its file is written, so everything between the
+    last byte received and the response is on the critical path, and the PACS sends nothing
+    meanwhile. Creating a file (allocating its inode) was the largest part of that: 0.3-1.5 ms of
+    kernel CPU per file here, where ext4 (without a journal on this machine) skips every inode
+    deleted in the last minute when it allocates one, against ~0.2 ms to write 0.5 MB. Made ahead,
+    the receiving thread only writes, then gives the file its name with one ``linkat``.
+
+    A file from here is complete before it has a name at all: nothing partial is ever visible under
+    any name, and a crash leaves nothing behind (unnamed inodes are freed with the process), unlike
+    a temp name + rename. Where the filesystem cannot make unnamed files or ``/proc`` is missing,
+    :meth:`start` returns None and the store writes via a temp name as before."""
+
+    def __init__(self, directory: Path, ahead: int, proc_fd: int) -> None:
+        self.directory = directory
+        self._proc_fd = proc_fd  # /proc/self/fd: names an unnamed file for linkat
+        self._fds: deque[int] = deque()  # append/popleft are atomic: no lock for take()
+        self._room = threading.Semaphore(ahead)
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="spare-files", daemon=True)
+
+    @classmethod
+    def start(cls, directory: Path, ahead: int = 32) -> "SpareFiles | None":
+        """A running pool in ``directory``, or None where unnamed files cannot be made and linked."""
+        flag = getattr(os, "O_TMPFILE", 0)
+        if not flag:
+            return None
+        try:
+            proc_fd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        pool = cls(directory, ahead, proc_fd)
+        try:
+            fd = pool.make()  # EOPNOTSUPP, EISDIR (kernel without O_TMPFILE), ... : not here
+        except OSError:
+            os.close(proc_fd)
+            return None
+        pool._fds.append(fd)
+        pool._room.acquire()
+        pool._thread.start()
+        return pool
+
+    def make(self) -> int:
+        return os.open(self.directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o644)
+
+    def _run(self) -> None:
+        while True:
+            self._room.acquire()
+            if self._stop:
+                return
+            try:
+                self._fds.append(self.make())
+            except OSError:  # e.g. out of inodes or descriptors: take() makes them inline from now on
+                return
+
+    def take(self) -> int:
+        """A descriptor of an empty unnamed file (made now if none is ready)."""
+        try:
+            fd = self._fds.popleft()
+        except IndexError:
+            return self.make()
+        self._room.release()
+        return fd
+
+    def link(self, fd: int, path: Path) -> None:
+        """Give the written file ``fd`` the name ``path``; an existing file of that name (a retrieval
+        run again) is replaced atomically, through a temp name. ``OSError`` EXDEV where ``path`` is
+        on another filesystem than the pool's directory (the caller then writes it the usual way)."""
+        # linkat(AT_SYMLINK_FOLLOW) on /proc/self/fd/N links the open file itself; os.link uses
+        # linkat only when given a dir_fd (else link(2), which cannot follow that link)
+        try:
+            os.link(str(fd), path, src_dir_fd=self._proc_fd, follow_symlinks=True)
+        except FileExistsError:
+            tmp = _tmp_name(path)
+            os.link(str(fd), tmp, src_dir_fd=self._proc_fd, follow_symlinks=True)
+            os.replace(tmp, path)
+
+    def close(self) -> None:
+        """Stop making files; the unused ones vanish with their descriptors."""
+        self._stop = True
+        self._room.release()
+        if self._thread.is_alive():
+            self._thread.join()
+        while self._fds:
+            os.close(self._fds.popleft())
+        os.close(self._proc_fd)
+
+
+def write_unnamed(spares: SpareFiles, path: Path, parts: Sequence[bytes | bytearray | memoryview]) -> None:
+    """``parts`` written to a spare unnamed file, which then gets the name ``path`` (no flush)."""
+    fd = spares.take()
+    try:
+        _write_all(fd, parts)
+        try:
+            spares.link(fd, path)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:  # a study folder on another filesystem (a symlink): see below
+                raise
+            write_durably(path, parts, durable=False)
+    finally:
+        os.close(fd)
 
 
 def header_of(encoded: bytes) -> Dataset:
@@ -462,6 +569,7 @@ class InstanceStore:
         self._lock = threading.Lock()
         self._dirs: set[Path] = set()  # directories known to exist (durably)
         self._made: set[Path] = set()  # directories made (durable at a checkpoint)
+        self._spares: SpareFiles | None = None
         self.root.mkdir(parents=True, exist_ok=True)
 
     def __repr__(self) -> str:
@@ -557,11 +665,24 @@ class InstanceStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._dirs.add(path.parent)
         try:
-            write_durably(path, parts, durable=False)
+            self._write_file(path, parts)
         except FileNotFoundError:  # its directory was removed meanwhile
             self._dirs.discard(path.parent)
             path.parent.mkdir(parents=True, exist_ok=True)
+            self._write_file(path, parts)
+
+    def _write_file(self, path: Path, parts: Sequence[bytes | bytearray | memoryview]) -> None:
+        if self._spares is None:
             write_durably(path, parts, durable=False)
+        else:
+            write_unnamed(self._spares, path, parts)
+
+    def use_spare_files(self, ahead: int = 32) -> bool:
+        """Write :meth:`put_parts` files through :class:`SpareFiles` made ahead (a retrieval: no
+        flush per file). False where the filesystem cannot; :meth:`close` stops the pool."""
+        if self._spares is None:
+            self._spares = SpareFiles.start(self.root, ahead)
+        return self._spares is not None
 
     def _relpath(self, path: Path) -> str:
         return "/".join(path.relative_to(self.root).parts)
@@ -600,7 +721,11 @@ class InstanceStore:
         return self.journal.replay(self)
 
     def close(self) -> None:
-        """Checkpoint and close the journal, if any (everything placed is then durable)."""
+        """Checkpoint and close the journal, if any (everything placed is then durable); stop
+        making spare files."""
+        if self._spares is not None:
+            self._spares.close()
+            self._spares = None
         if self.journal is not None:
             self.journal.close()
             self.journal = None

@@ -418,3 +418,64 @@ print("ok", len(cheap))
 """
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.startswith("ok"), r.stderr[-2000:]
+
+
+def _open_fds() -> set[str]:
+    import os
+
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_spare_files_store_complete_named_files_and_replace_atomically(tmp_path):
+    """A retrieval's store writes through unnamed files made ahead: each instance appears complete
+    under its name, a second copy replaces the first, no temp name is left and no descriptor leaks."""
+    before = _open_fds()
+    store = InstanceStore(tmp_path, durable=False)
+    assert store.use_spare_files(ahead=4)
+    payloads = {f"1.2.3.4.{i}": [b"HEAD" * 33, bytes([i]) * (256 * 1024 + i)] for i in range(12)}
+    for sop, parts in payloads.items():
+        store.put_parts(("1.2.3", "1.2.3.4", sop), parts)
+    again = [b"second copy", b"x" * 1000]
+    store.put_parts(("1.2.3", "1.2.3.4", "1.2.3.4.0"), again)
+    store.close()
+    files = {p.stem: p.read_bytes() for p in (tmp_path / "1.2.3" / "1.2.3.4").iterdir()}
+    assert files == {sop: b"".join(parts) for sop, parts in {**payloads, "1.2.3.4.0": again}.items()}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1.2.3"]  # the pool's files had no names
+    assert _open_fds() <= before | {str(n) for n in range(3)}
+
+
+def test_spare_file_written_but_not_named_leaves_nothing_after_a_crash(tmp_path):
+    """The point of unnamed files: a process killed between writing an instance and naming it
+    leaves no file at all (a temp name would stay behind, and a final name would look complete)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import os
+from pathlib import Path
+from MedImgAILib.pacs.storage import SpareFiles
+pool = SpareFiles.start(Path({str(tmp_path)!r}), ahead=8)
+fd = pool.take()
+os.write(fd, b"half an instance")
+os.kill(os.getpid(), 9)
+"""
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert r.returncode == -9, r.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_spare_files_fall_back_for_a_study_folder_on_another_filesystem(tmp_path):
+    """A study folder that is a link to another filesystem cannot take a hard link from the pool's
+    (EXDEV): that instance is written through a temp name in its own folder instead."""
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as other:
+        assert os.stat(other).st_dev != os.stat(tmp_path).st_dev, "/dev/shm must be another filesystem here"
+        (tmp_path / "1.2.3").symlink_to(other, target_is_directory=True)
+        store = InstanceStore(tmp_path, durable=False)
+        assert store.use_spare_files()
+        path = store.put_parts(("1.2.3", "1.2.3.4", "1.2.3.4.5"), [b"head", b"body" * 1000])
+        store.close()
+        assert path.read_bytes() == b"head" + b"body" * 1000
+        assert [p.name for p in Path(other, "1.2.3.4").iterdir()] == ["1.2.3.4.5.dcm"]
