@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import logging
 import os
 import sys
 
@@ -32,11 +31,57 @@ def _command_modules() -> list[str]:
     return [n for n in COMMAND_ORDER if n in found] + sorted(found - set(COMMAND_ORDER))
 
 
+def _terminal_columns() -> int:
+    """What ``shutil.get_terminal_size().columns`` gives (``$COLUMNS``, the terminal, else 80)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", "0"))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return columns or 80
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's own, given the terminal width: argparse asks ``shutil`` for it each time it makes
+    a formatter, which it does for every ``add_argument``, and importing ``shutil`` (with bz2, lzma
+    and fnmatch) was ~5 ms of `pacs get`'s start-up here, in a module the command never uses."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        super().__init__(prog, indent_increment, max_help_position,
+                         width if width is not None else _terminal_columns() - 2)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """An ``argparse.ArgumentParser`` with :class:`HelpFormatter` by default; sub-commands' parsers
+    are of the same class (``add_subparsers`` makes them with the parent's class)."""
+
+    def __init__(self, *args: object, formatter_class: type = HelpFormatter, **kwargs: object) -> None:
+        super().__init__(*args, formatter_class=formatter_class, **kwargs)  # type: ignore[arg-type]
+
+
+def configure_logging(verbose: int = 0) -> None:
+    """The command line's log output: WARNING, or INFO / DEBUG with -v / -vv (a no-op once set).
+    :func:`main` calls it before a command runs, except for a command that declared
+    ``logs_on_demand``: its path logs nothing (`pacs get`, whose start-up then does not import
+    ``logging``: ~8 ms here), and it calls this itself before it takes a path that logs."""
+    import logging
+
+    logging.basicConfig(
+        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(verbose, 2)],
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
 def build_parser(only: str | None = None, action: str | None = None) -> argparse.ArgumentParser:
     """The whole command line, or with ``only`` just the command module of that name (a command's
     start-up then does not import every other command's dependencies: ~0.1-0.5 s), and with
     ``action`` just that action's parser where the module lists its actions in ``ACTIONS``."""
-    parser = argparse.ArgumentParser(prog="medimgai", description="MedImgAI: imaging AI in the radiology department")
+    parser = ArgumentParser(prog="medimgai", description="MedImgAI: imaging AI in the radiology department")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
@@ -67,10 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in parser.commands:  # type: ignore[attr-defined]
         parser = build_parser()  # not a module's own name: the full parser (and its error message)
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=[logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)],
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    if args.verbose or not getattr(args, "logs_on_demand", False):
+        configure_logging(args.verbose)
     try:
         code = int(args.func(args) or 0)
         _exit_fast = bool(getattr(args, "exit_fast", False))
@@ -98,7 +141,8 @@ def run() -> NoReturn:
     code = main()
     if not _exit_fast:
         sys.exit(code)
-    logging.shutdown()  # flush log handlers, as the teardown would
+    if "logging" in sys.modules:
+        sys.modules["logging"].shutdown()  # flush log handlers, as the teardown would
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

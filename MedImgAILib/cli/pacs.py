@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 import threading
 from pathlib import Path
 
 from ..pacs.quicksettings import quick_settings
+from . import configure_logging
 
 TYPE_CHECKING = False  # typing is not imported at run time (start-up of `pacs get`, see docs/pacs.md)
 if TYPE_CHECKING:
@@ -35,19 +35,23 @@ def _common(p: argparse.ArgumentParser) -> None:
 def quiet_pynetdicom(args: argparse.Namespace) -> None:
     """pynetdicom logs every refused connection and rejection at ERROR level; our error line says it
     once, naming the AE. Its own log comes back with -vv. (Setting a logger's level does not import
-    pynetdicom.)"""
+    pynetdicom.) Configures the command line's logging first, for a command that starts without it."""
+    configure_logging(getattr(args, "verbose", 0))
     if getattr(args, "verbose", 0) < 2:
+        import logging
+
         logging.getLogger("pynetdicom").setLevel(logging.CRITICAL)
 
 
 def _settings(args: argparse.Namespace, quick: bool = False) -> Any:
     """The PACS settings (pydantic-validated, :class:`PacsSettings`). With ``quick`` and no settings
-    file, the same defaults without importing pydantic (:mod:`MedImgAILib.pacs.quicksettings`)."""
-    quiet_pynetdicom(args)
+    file, the same defaults without importing pydantic (:mod:`MedImgAILib.pacs.quicksettings`); the
+    caller then quiets pynetdicom if it takes a path that uses it."""
     if quick:
         q = quick_settings(args.settings, getattr(args, "aet", None))
         if q is not None:
             return q
+    quiet_pynetdicom(args)
     from ..pacs.settings import load_settings
 
     s = load_settings(args.settings)
@@ -107,8 +111,9 @@ def _add_retrieve(ps: argparse._SubParsersAction, method: str) -> None:
         g.add_argument("--host", default="127.0.0.1", help="address of the temporary listener")
     _common(g)
     # `get` returns only when every instance is durable (or the run failed), output printed: the
-    # process may end without the interpreter's teardown (cli.run)
-    g.set_defaults(func=cmd_retrieve, method=method, exit_fast=method == "get")
+    # process may end without the interpreter's teardown (cli.run); its lean path logs nothing
+    # (failures go into the result), so logging is set up only where it leaves that path
+    g.set_defaults(func=cmd_retrieve, method=method, exit_fast=method == "get", logs_on_demand=method == "get")
 
 
 def _add_store(ps: argparse._SubParsersAction) -> None:
@@ -185,6 +190,9 @@ def _progress(args: argparse.Namespace):  # noqa: ANN202 - a callback or None
 def cmd_retrieve(args: argparse.Namespace) -> int:
     s = _settings(args, quick=args.method == "get")
     node = s.node(args.node)
+    lean = args.method == "get" and node.tls is None  # the lean requestor: no pynetdicom, nothing logged
+    if not lean:
+        quiet_pynetdicom(args)
     cancel = threading.Event()
     box: dict[str, Any] = {}
     progress = _progress(args)
@@ -196,7 +204,7 @@ def cmd_retrieve(args: argparse.Namespace) -> int:
 
                 box["result"] = move_into(node, s, args.study_uid, args.out, series_uids=args.series,
                                           port=args.port, host=args.host, on_progress=progress, cancel=cancel)
-            elif args.method == "get" and node.tls is None:  # the lean requestor: no pynetdicom import
+            elif lean:
                 from ..pacs import retrieval
 
                 box["result"] = retrieval.get(

@@ -429,16 +429,13 @@ def _store_encoded(
     try:
         rec = store.put(uids if uids is not None else uids_of(encoded), encoded, transfer_syntax, catalog=False)
     except UnsafeUidError as exc:
-        log.warning("retrieve from %s: %s", node, exc)
-        progress.failed_locally()
+        progress.failed_locally(str(exc))
         return 0xC210  # cannot understand
     except OSError as exc:
-        log.error("retrieve from %s: cannot write instance: %s", node, exc)
-        progress.failed_locally()
+        progress.failed_locally(f"cannot write the file ({exc.strerror or exc})")
         return 0xA700
     except Exception as exc:  # noqa: BLE001 - an unparseable dataset is refused, never stored
-        log.warning("retrieve from %s: unreadable dataset refused (%s)", node, exc.__class__.__name__)
-        progress.failed_locally()
+        progress.failed_locally(f"unreadable dataset refused ({exc.__class__.__name__})")
         return 0xC210
     progress.stored(rec.sop_uid, rec.path)
     return 0x0000
@@ -656,8 +653,7 @@ def retrieve(
         th.join()
     # C-MOVE: the instances went to the destination; the PACS's counts are all we know
     moved = sum(o.completed for o in outcomes) if method == "move" else None
-    return retrieval.conclude(result, outcomes, progress.paths.values(), progress.local_failures, store.root, node,
-                              t0, method.upper(), received=moved)
+    return retrieval.conclude(result, outcomes, progress, store.root, node, t0, method.upper(), received=moved)
 
 
 # --- C-STORE ---------------------------------------------------------------------------------------

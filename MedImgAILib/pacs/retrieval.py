@@ -21,7 +21,6 @@ naming UIDs cannot be read by :func:`dimse.naming_uids`), so the command's start
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -34,8 +33,6 @@ from .storage import InstanceStore, UnsafeUidError, Writeback, flush_filesystem
 TYPE_CHECKING = False  # typing is not imported at run time (start-up of `pacs get`, see docs/pacs.md)
 if TYPE_CHECKING:
     from typing import Any, Sequence
-
-log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]  # (done, total) — total is 0 when unknown
 
@@ -85,6 +82,9 @@ class Progress:
         self.lock = threading.Lock()
         self.paths: dict[str, Path] = {}
         self.local_failures = 0
+        #: why instances were refused here, with how many each: they go into the result's errors
+        #: (this path logs nothing: `pacs get` starts without ``logging``, see cli.configure_logging)
+        self.refusals: dict[str, int] = {}
 
     def stored(self, sop_uid: str, path: Path) -> None:
         with self.lock:
@@ -98,9 +98,18 @@ class Progress:
         if new and self.callback:
             self.callback(done, self.total)
 
-    def failed_locally(self) -> None:
+    def failed_locally(self, reason: str) -> None:
         with self.lock:
             self.local_failures += 1
+            self.refusals[reason] = self.refusals.get(reason, 0) + 1
+
+    def refusal_errors(self, node: Any, shown: int = 5) -> list[str]:
+        """One line per reason (the most frequent first), at most ``shown`` of them."""
+        ranked = sorted(self.refusals.items(), key=lambda kv: -kv[1])
+        lines = [f"{n} instance(s) from {node} not stored: {reason}" for reason, n in ranked[:shown]]
+        if len(ranked) > shown:
+            lines.append(f"... and {sum(n for _, n in ranked[shown:])} more instance(s) for other reasons")
+        return lines
 
 
 class Outcome:
@@ -216,12 +225,10 @@ class Writer:
                     uids = (ds.get("StudyInstanceUID"), ds.get("SeriesInstanceUID"), ds.get("SOPInstanceUID"))
                 path = self.store.path_for(*uids)  # validates the UIDs: a crafted UID never names a path
             except UnsafeUidError as exc:
-                log.warning("retrieve from %s: %s", node, exc)
-                progress.failed_locally()
+                progress.failed_locally(str(exc))
                 return 0xC210  # cannot understand
             except Exception as exc:  # noqa: BLE001 - an unparseable dataset is refused, never stored
-                log.warning("retrieve from %s: unreadable dataset refused (%s)", node, exc.__class__.__name__)
-                progress.failed_locally()
+                progress.failed_locally(f"unreadable dataset refused ({exc.__class__.__name__})")
                 return 0xC210
             return self._write(path, parts)
 
@@ -231,8 +238,7 @@ class Writer:
         try:
             self.store.put_parts_at(path, parts)
         except OSError as exc:
-            log.error("retrieve from %s: cannot write instance: %s", self.node, exc.strerror or exc)
-            self.progress.failed_locally()
+            self.progress.failed_locally(f"cannot write the file ({exc.strerror or exc})")
             return 0xA700
         self.progress.stored(path.stem, path)
         return 0x0000
@@ -349,24 +355,26 @@ def _get(
         th.join()
     if progress.writeback is not None:
         progress.writeback.close()
-    return conclude(result, outcomes, progress.paths.values(), progress.local_failures, store.root, node, t0)
+    return conclude(result, outcomes, progress, store.root, node, t0)
 
 
-def conclude(result: Any, outcomes: Sequence[Any], paths: Any, local_failures: int, store_root: Path, node: Any,
+def conclude(result: Any, outcomes: Sequence[Any], progress: Progress, store_root: Path, node: Any,
              t0: float, operation: str = "GET", received: int | None = None) -> Any:
     """Fill ``result`` once every association is over (both retrieval paths: this one and
     pynetdicom's in ``client``): the files made durable first, then the counts, and ``complete`` only
     when every association ended in success, nothing failed or was cancelled, and all that was expected
     arrived. ``received`` overrides the count of files (C-MOVE: they went elsewhere)."""
-    result.paths = sorted(paths)
+    result.paths = sorted(progress.paths.values())
     if result.paths:
         flush_filesystem(store_root, result.paths)
     result.seconds = time.perf_counter() - t0
     result.received = len(result.paths) if received is None else received
-    result.failed = sum(o.failed for o in outcomes) + local_failures
+    # an instance refused here is answered with a failure status, so the PACS counts it among its
+    # failed sub-operations too: the larger count, not the sum (the PACS's is missing after an abort)
+    result.failed = max(sum(o.failed for o in outcomes), progress.local_failures)
     result.warnings = sum(o.warnings for o in outcomes)
     result.cancelled = any(o.cancelled for o in outcomes)
-    result.errors = [o.error for o in outcomes if o.error]
+    result.errors = [o.error for o in outcomes if o.error] + progress.refusal_errors(node)
     for o in outcomes:
         if o.final_status not in (None, 0x0000, 0xFE00) and not o.error:
             result.errors.append(f"{node} ended C-{operation} with status 0x{o.final_status:04X}")

@@ -12,10 +12,8 @@ from __future__ import annotations
 import errno
 import io
 import itertools
-import logging
 import os
 import re
-import shutil
 import struct
 import threading
 import zlib
@@ -30,7 +28,15 @@ if TYPE_CHECKING:  # pydicom is imported where it is used: `pacs get` never need
 
     from pydicom.dataset import Dataset
 
-log = logging.getLogger(__name__)
+
+
+def _log() -> Any:
+    """This module's logger, ``logging`` imported on first use: `pacs get` writes through this
+    module and never logs, and its start-up does not import ``logging`` (cli.configure_logging)."""
+    import logging
+
+    return logging.getLogger(__name__)
+
 
 # PS3.5 9.1: components of digits, no leading zero unless the component is "0", separated by dots.
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
@@ -383,7 +389,7 @@ class Journal:
             try:
                 self.checkpoint()
             except OSError as exc:  # records kept: the next start replays them
-                log.error("journal: %s", exc.strerror or exc)
+                _log().error("journal: %s", exc.strerror or exc)
             os.close(self.fd)
             self.fd = -1
 
@@ -501,10 +507,10 @@ class Journal:
                 write_durably(path, data, durable=False)
                 n += 1
             except (UnsafeUidError, OSError) as exc:
-                log.error("journal: record not restored (%s)", exc)
+                _log().error("journal: record not restored (%s)", exc)
         with self._cond:
             if n:
-                log.info("journal: %d instance(s) restored after an unclean stop", n)
+                _log().info("journal: %d instance(s) restored after an unclean stop", n)
             self.offset = _J_HEAD + 1  # force the flush + new generation
             self._checkpoint_locked()
         return n
@@ -713,7 +719,7 @@ class InstanceStore:
             try:
                 self.journal = Journal(self.root, capacity)
             except OSError as exc:  # e.g. no room for it: every instance then gets two flushes instead
-                log.warning("store: no write-ahead journal (%s); writing each instance with two flushes",
+                _log().warning("store: no write-ahead journal (%s); writing each instance with two flushes",
                             exc.strerror or exc)
                 if fresh:
                     (self.root / JOURNAL_NAME).unlink(missing_ok=True)
@@ -731,7 +737,8 @@ class InstanceStore:
             self.journal = None
 
     def free_bytes(self) -> int:
-        return shutil.disk_usage(self.root).free
+        st = os.statvfs(self.root)  # what shutil.disk_usage gives, without importing shutil (start-up)
+        return st.f_bavail * st.f_frsize
 
     # -- reading --------------------------------------------------------------------------------
     def scan(self) -> Iterator[tuple[InstanceRecord, Dataset]]:
@@ -746,7 +753,7 @@ class InstanceStore:
             try:
                 ds = pydicom.dcmread(path, stop_before_pixels=True)
             except (InvalidDicomError, OSError, ValueError) as exc:
-                log.warning("store: unreadable file %s skipped (%s)", path.name, exc.__class__.__name__)
+                _log().warning("store: unreadable file %s skipped (%s)", path.name, exc.__class__.__name__)
                 continue
             rec = record_from_dataset(path, ds)
             with self._lock:

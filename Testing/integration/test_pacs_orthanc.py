@@ -140,10 +140,11 @@ def test_parallel_retrieve_peer_killed_is_partial_then_retry_completes(fault_ort
 def test_get_cli_starts_without_pynetdicom_pydicom_or_pydantic(orthanc, study, in_ns, tmp_path):
     """`pacs get` runs on the lean requestor: its start-up must not pay for pynetdicom, pydicom
     (numpy) or pydantic (~0.5 s of CPU here), nor for the standard library's dataclasses/inspect,
-    typing or tempfile (~10-15 ms more), and it still retrieves the whole study."""
+    typing, tempfile, logging or shutil (~25 ms more), and it still retrieves the whole study."""
     code = ("import json, sys; from MedImgAILib.cli import main; rc = main(sys.argv[1:]); "
             "print(json.dumps({'rc': rc, 'loaded': sorted(m for m in ('pynetdicom', 'pydicom', 'pydantic', 'numpy', "
-            "'dataclasses', 'inspect', 'typing', 'tempfile') if m in sys.modules)}), file=sys.stderr)")
+            "'dataclasses', 'inspect', 'typing', 'tempfile', 'logging', 'shutil') if m in sys.modules)}), "
+            "file=sys.stderr)")
     import subprocess
     import sys
 
@@ -185,6 +186,32 @@ def test_dcmqrscp_find_and_get(dcmqrscp, study, in_ns, tmp_path):
     assert len(studies) == 1 and studies[0]["study_uid"] == study["study_uid"]
     res = client.retrieve(node, s, study["study_uid"], tmp_path)
     assert res.complete and res.received == 14
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_get_refuses_a_crafted_uid_from_the_pacs_and_says_why(dcmqrscp, study, in_ns, tmp_path):
+    """A PACS that serves a dataset whose Series Instance UID is a path: `pacs get` stores the rest of
+    the study, refuses that instance (nothing written outside the store), reports the retrieval as
+    incomplete and names the reason in its output."""
+    study_uid = "1.2.826.0.1.3680043.10.1234.77"
+    crafted = []
+    for i, series in enumerate(["1.2.826.0.1.3680043.10.1234.77.1", "1.2/../../../escaped"]):
+        ds = pydicom.dcmread(study["files"][4])
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = f"{study_uid}.{i + 1}.1"
+        crafted.append(tmp_path / f"crafted{i}.dcm")
+        ds.save_as(crafted[-1])
+    dcmqrscp.load(crafted)
+    out = tmp_path / "deep" / "store"
+    before = set(tmp_path.rglob("*escaped*"))
+    r = run_cli("pacs", "get", dcmqrscp.node, study_uid, "--out", str(out), "--json")
+    assert r.returncode == 1, r.stderr
+    res = json.loads(r.stdout)
+    assert (res["received"], res["failed"], res["complete"]) == (1, 1, False), res
+    assert any("1 instance(s)" in e and "SeriesInstanceUID" in e and "not a valid DICOM UID" in e
+               for e in res["errors"]), res["errors"]
+    assert [p.name for p in out.rglob("*.dcm")] == [f"{study_uid}.1.1.dcm"]
+    assert set(tmp_path.rglob("*escaped*")) == before
 
 
 # --- faults ------------------------------------------------------------------------------------------
