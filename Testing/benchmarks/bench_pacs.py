@@ -12,7 +12,10 @@
    (/dev/shm), where fdatasync costs nothing: how much of the gap is the flush the listener owes each
    instance before its success status (storescp never flushes). `--figures ingest,no-shm` skips it.
    The listener keeps one store (and its write-ahead journal) over the rounds, as in use; each round
-   starts with it emptied of instances.
+   sends a new study (same size, new UIDs).
+In both figures nothing is deleted until the figure is done, and the page cache is flushed before
+each timed run (see bench_retrieve: deleting files between runs made every later file creation on
+this machine's filesystem scan past the deleted inodes, a cost that grew with the rounds).
 Prints one line per figure: ours, reference, ratio (images/s ours / images/s reference), and peak RSS,
 then the ratios of each round's pair (ours and the reference back to back): their median, range and
 how many rounds meet 1.0 / 0.8. For ingest each round also prints the disk's flush latency just before
@@ -82,12 +85,18 @@ def _line(name: str, ours: list[float], ref: list[float], n: int, ours_rss: list
 
 
 def bench_retrieve(ns: NetNs, orthanc: Orthanc, study_uid: str, n: int, runs: int, work: Path, parallel: int = 1) -> dict:
+    """Both commands write 200 new files per run. Their outputs are kept until the figure is done
+    and the page cache is flushed (untimed) before each run: deleting them between runs made every
+    later file creation scan past the just-deleted inodes (ext4 without a journal, as here, skips
+    inodes deleted in the last 60-360 s: 0.3-1.5 ms per new file, growing with the rounds), and a
+    run's flush (ours ends with one) waited for the other command's unflushed output."""
     ours, ref, ours_rss, ref_rss, internal = [], [], [], [], []
+    outs = work / "get-outputs"
     for i in range(runs):
         for who in (("ours", "ref") if i % 2 == 0 else ("ref", "ours")):
-            out = work / f"get-{who}-{i}"
-            shutil.rmtree(out, ignore_errors=True)
+            out = outs / f"{who}-{i}"
             out.mkdir(parents=True)
+            os.sync()
             if who == "ours":
                 dt, rss, stdout = _timed([sys.executable, "-m", "MedImgAILib", "pacs", "get", orthanc.node, study_uid,
                                           "--out", str(out), "--json", "--parallel", str(parallel)], ns)
@@ -100,7 +109,7 @@ def bench_retrieve(ns: NetNs, orthanc: Orthanc, study_uid: str, n: int, runs: in
                                     ns, env={"TCP_NODELAY": "1"})
                 assert len(list(out.iterdir())) == n
                 ref.append(dt), ref_rss.append(rss)
-            shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(outs, ignore_errors=True)
     fig = _line("retrieve (C-GET from Orthanc)", ours, ref, n, ours_rss, ref_rss, "getscu")
     c_ours, c_ref = statistics.median(CPU["medimgai"]), statistics.median(CPU["getscu"])
     # what starting Python and importing pydicom/pynetdicom/pydantic costs before any DICOM
@@ -146,28 +155,28 @@ def _stop(p: subprocess.Popen, name: str) -> None:
         p.communicate()
 
 
-def bench_ingest(ns: NetNs, files: list[Path], runs: int, work: Path, label: str = "ingest (storescu -> listener)",
+def bench_ingest(ns: NetNs, studies: list[list[Path]], work: Path, label: str = "ingest (storescu -> listener)",
                  details: bool = True) -> dict:
-    n = len(files)
+    """One round per study in ``studies`` (each a new study: same size, new UIDs), sent to both
+    servers. Nothing is deleted before the figure is done and the page cache is flushed (untimed)
+    before each run, for the reasons given in :func:`bench_retrieve`."""
+    n, runs = len(studies[0]), len(studies)
     for name in ("listener", "storescp", "listener-idle"):  # server CPU of this figure's runs only
         CPU.pop(name, None)
     ours, ref, ours_rss, ref_rss = [], [], [], []
     flushes: list[float] = []
     send = ["storescu", "-aet", "STORESCU", "-aec", "LISTENER", "127.0.0.1"]
-    for i in range(runs):
+    # one store for every round, as a listener's store lives on: its write-ahead journal (256 MB,
+    # written full once, when the store is new) is made in the first round only, not before each,
+    # where those writes could slow the disk for the rounds that follow
+    listener_store = work / "ingest-listener"
+    for i, files in enumerate(studies):
         if details:  # the disk's flush latency now: it moves between ~0.2 and ~3 ms here within minutes
             flushes.append(_flush_latency_ms(work))
         for who in (("ours", "ref") if i % 2 == 0 else ("ref", "ours")):
-            if who == "ours":
-                # one store for every round, as a listener's store lives on: its write-ahead journal
-                # (256 MB, written full once, when the store is new) is made in the first round only,
-                # not before each, where those writes could slow the disk for the rounds that follow
-                store = work / "ingest-listener"
-                _clear_store(store)
-            else:
-                store = work / f"ingest-{who}-{i}"
-                shutil.rmtree(store, ignore_errors=True)
+            store = listener_store if who == "ours" else work / f"ingest-{who}-{i}"
             store.mkdir(parents=True, exist_ok=True)
+            os.sync()
             if who == "ours":
                 srv = _start([sys.executable, "-m", "MedImgAILib", "listen", "--aet", "LISTENER", "--port", "11112",
                               "--store", str(store), "--quiet-seconds", "3600", "--min-free-mb", "100"], ns, 11112)
@@ -179,7 +188,7 @@ def bench_ingest(ns: NetNs, files: list[Path], runs: int, work: Path, label: str
                 _stop(srv, "listener")
                 ours.append(dt)
                 ours_rss.append(0)
-                assert len(list(store.glob("*/*/*.dcm"))) == n
+                assert len(list(store.glob("*/*/*.dcm"))) == n * (i + 1)
             else:
                 srv = _start(["storescp", "-aet", "LISTENER", "-od", str(store), "11113"], ns, 11113)
                 dt, _, _ = _timed([*send, "11113", *map(str, files)], ns, env={"TCP_NODELAY": "1"})
@@ -187,14 +196,12 @@ def bench_ingest(ns: NetNs, files: list[Path], runs: int, work: Path, label: str
                 ref.append(dt)
                 ref_rss.append(0)
                 assert len(list(store.iterdir())) == n
-            if who == "ours":
-                _clear_store(store)
-            else:
-                shutil.rmtree(store, ignore_errors=True)
         if details:
             print(f"    round {i + 1}: flush {flushes[-1]:.2f} ms, listener {ours[-1]:.3f} s, storescp {ref[-1]:.3f} s, "
                   f"ratio {ref[-1] / ours[-1]:.2f}", flush=True)
-    shutil.rmtree(work / "ingest-listener", ignore_errors=True)
+    shutil.rmtree(listener_store, ignore_errors=True)
+    for i in range(runs):
+        shutil.rmtree(work / f"ingest-ref-{i}", ignore_errors=True)
     fig = _line(label, ours, ref, n, [1], [1], "storescp")
     if flushes:
         fig["flush_ms_per_round"] = flushes
@@ -214,16 +221,6 @@ def bench_ingest(ns: NetNs, files: list[Path], runs: int, work: Path, label: str
     print(f"  => a serial sender cannot get more than {1000 / w['journal']:.0f} img/s from a listener that "
           f"flushes before each success, here")
     return fig
-
-
-def _clear_store(store: Path) -> None:
-    """Everything the listener stored, gone; its journal kept (see bench_ingest)."""
-    from MedImgAILib.pacs.storage import JOURNAL_NAME
-
-    if store.is_dir():
-        for p in store.iterdir():
-            if p.name != JOURNAL_NAME:
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 def _flush_latency_ms(work: Path, n: int = 8) -> float:
@@ -304,13 +301,16 @@ def main(argv: list[str] | None = None) -> int:
                 figures.append(bench_retrieve(ns, orthanc, study_uid, len(files), args.runs, work, args.parallel))
             orthanc.stop()
             if "ingest" in args.figures:
-                figures.append(bench_ingest(ns, files, args.runs, work))
+                # a new study per round (same size, new UIDs): the listener's store keeps them all
+                studies = [files] + [ct_series(work / f"ct{i}", args.slices, size=args.size, patient_id="BENCH001",
+                                               seed=i) for i in range(1, args.runs)]
+                figures.append(bench_ingest(ns, studies, work))
                 # The same with both stores on tmpfs, where fdatasync costs nothing: what the ratio
                 # would be if this disk's flush were free, i.e. how much of the gap above is the flush
                 # the listener owes each instance (storescp never flushes). A measurement, not a setup.
                 if Path("/dev/shm").is_dir() and "no-shm" not in args.figures:
                     with tempfile.TemporaryDirectory(prefix="bench-pacs-", dir="/dev/shm") as shm:
-                        figures.append(bench_ingest(ns, files, args.runs, Path(shm),
+                        figures.append(bench_ingest(ns, studies, Path(shm),
                                                     "  same, both stores on tmpfs (flush free)", details=False))
         finally:
             orthanc.stop()
