@@ -136,22 +136,27 @@ class SpareFiles:
 
     @classmethod
     def start(cls, directory: Path, ahead: int = 32) -> "SpareFiles | None":
-        """A running pool in ``directory``, or None where unnamed files cannot be made and linked."""
-        flag = getattr(os, "O_TMPFILE", 0)
-        if not flag:
+        """A running pool in ``directory``, or None where unnamed files cannot be made and linked
+        there (tried once: no ``O_TMPFILE`` on this filesystem or kernel, no ``/proc``, or a sandbox
+        that refuses ``linkat`` through it)."""
+        if not getattr(os, "O_TMPFILE", 0):
             return None
         try:
             proc_fd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             return None
         pool = cls(directory, ahead, proc_fd)
+        probe = directory / f"{TMP_PREFIX}probe-{os.getpid()}-{next(_TMP_COUNTER)}"
         try:
-            fd = pool.make()  # EOPNOTSUPP, EISDIR (kernel without O_TMPFILE), ... : not here
+            fd = pool.make()
+            try:
+                pool.link(fd, probe)
+            finally:
+                os.close(fd)  # once linked and unlinked, a file from O_TMPFILE cannot be linked again
+            os.unlink(probe)
         except OSError:
             os.close(proc_fd)
             return None
-        pool._fds.append(fd)
-        pool._room.acquire()
         pool._thread.start()
         return pool
 
