@@ -325,6 +325,7 @@ def _get(
         count = None
         instances = list_instances(node, first, study_uid, series_uids)
     expected = count or len(instances)
+    store.expect_files(expected)
     result = RetrieveResult(study_uid=study_uid, out_dir=store.root, expected=expected, method="get")
     progress = Progress(expected, on_progress, Writeback() if EARLY_WRITEBACK else None)
     writer = Writer(node, store, progress)

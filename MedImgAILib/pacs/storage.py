@@ -124,18 +124,26 @@ class SpareFiles:
     A file from here is complete before it has a name at all: nothing partial is ever visible under
     any name, and a crash leaves nothing behind (unnamed inodes are freed with the process), unlike
     a temp name + rename. Where the filesystem cannot make unnamed files or ``/proc`` is missing,
-    :meth:`start` returns None and the store writes via a temp name as before."""
+    :meth:`start` returns None and the store writes via a temp name as before.
 
-    def __init__(self, directory: Path, ahead: int, proc_fd: int) -> None:
+    No more files are made than will be used: ``first`` before the caller knows how many instances
+    to expect, then up to the number given to :meth:`expect`. A file made and not used is one more
+    inode deleted, which is what makes creating files slow here (and the thread making them competes
+    for the CPU with the PACS when both cores are busy)."""
+
+    def __init__(self, directory: Path, ahead: int, first: int, proc_fd: int) -> None:
         self.directory = directory
         self._proc_fd = proc_fd  # /proc/self/fd: names an unnamed file for linkat
-        self._fds: deque[int] = deque()  # append/popleft are atomic: no lock for take()
-        self._room = threading.Semaphore(ahead)
+        self._fds: deque[int] = deque()  # append/popleft are atomic: take() locks only to notify
+        self._ahead = ahead
+        self._total = first  # files to make in all (raised by expect())
+        self._made = 0
         self._stop = False
+        self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="spare-files", daemon=True)
 
     @classmethod
-    def start(cls, directory: Path, ahead: int = 32) -> "SpareFiles | None":
+    def start(cls, directory: Path, ahead: int = 16, first: int = 4) -> "SpareFiles | None":
         """A running pool in ``directory``, or None where unnamed files cannot be made and linked
         there (tried once: no ``O_TMPFILE`` on this filesystem or kernel, no ``/proc``, or a sandbox
         that refuses ``linkat`` through it)."""
@@ -145,7 +153,7 @@ class SpareFiles:
             proc_fd = os.open("/proc/self/fd", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError:
             return None
-        pool = cls(directory, ahead, proc_fd)
+        pool = cls(directory, ahead, first, proc_fd)
         probe = directory / f"{TMP_PREFIX}probe-{os.getpid()}-{next(_TMP_COUNTER)}"
         try:
             fd = pool.make()
@@ -164,22 +172,35 @@ class SpareFiles:
         return os.open(self.directory, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o644)
 
     def _run(self) -> None:
+        cond = self._cond
         while True:
-            self._room.acquire()
-            if self._stop:
-                return
+            with cond:
+                while not self._stop and (len(self._fds) >= self._ahead or self._made >= self._total):
+                    cond.wait()
+                if self._stop:
+                    return
+                self._made += 1
             try:
                 self._fds.append(self.make())
             except OSError:  # e.g. out of inodes or descriptors: take() makes them inline from now on
                 return
+
+    def expect(self, n: int) -> None:
+        """``n`` files will be needed in all (those made so far included)."""
+        with self._cond:
+            self._total = max(n, self._made)
+            self._cond.notify()
 
     def take(self) -> int:
         """A descriptor of an empty unnamed file (made now if none is ready)."""
         try:
             fd = self._fds.popleft()
         except IndexError:
+            with self._cond:
+                self._made += 1  # counts against the total: the thread then makes one fewer
             return self.make()
-        self._room.release()
+        with self._cond:
+            self._cond.notify()
         return fd
 
     def link(self, fd: int, path: Path) -> None:
@@ -197,8 +218,9 @@ class SpareFiles:
 
     def close(self) -> None:
         """Stop making files; the unused ones vanish with their descriptors."""
-        self._stop = True
-        self._room.release()
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
         if self._thread.is_alive():
             self._thread.join()
         while self._fds:
@@ -688,12 +710,17 @@ class InstanceStore:
         else:
             write_unnamed(self._spares, path, parts)
 
-    def use_spare_files(self, ahead: int = 32) -> bool:
+    def use_spare_files(self, ahead: int = 16) -> bool:
         """Write :meth:`put_parts` files through :class:`SpareFiles` made ahead (a retrieval: no
         flush per file). False where the filesystem cannot; :meth:`close` stops the pool."""
         if self._spares is None:
             self._spares = SpareFiles.start(self.root, ahead)
         return self._spares is not None
+
+    def expect_files(self, n: int) -> None:
+        """``n`` instances are expected: the spare files (if used) stop at that many."""
+        if self._spares is not None:
+            self._spares.expect(n)
 
     def _relpath(self, path: Path) -> str:
         return "/".join(path.relative_to(self.root).parts)

@@ -433,6 +433,7 @@ def test_spare_files_store_complete_named_files_and_replace_atomically(tmp_path)
     store = InstanceStore(tmp_path, durable=False)
     assert store.use_spare_files(ahead=4)
     payloads = {f"1.2.3.4.{i}": [b"HEAD" * 33, bytes([i]) * (256 * 1024 + i)] for i in range(12)}
+    store.expect_files(len(payloads))
     for sop, parts in payloads.items():
         store.put_parts(("1.2.3", "1.2.3.4", sop), parts)
     again = [b"second copy", b"x" * 1000]
