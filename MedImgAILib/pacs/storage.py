@@ -29,7 +29,6 @@ if TYPE_CHECKING:  # pydicom is imported where it is used: `pacs get` never need
     from pydicom.dataset import Dataset
 
 
-
 def _log() -> Any:
     """This module's logger, ``logging`` imported on first use: `pacs get` writes through this
     module and never logs, and its start-up does not import ``logging`` (cli.configure_logging)."""

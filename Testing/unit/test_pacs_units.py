@@ -480,3 +480,18 @@ def test_spare_files_fall_back_for_a_study_folder_on_another_filesystem(tmp_path
         store.close()
         assert path.read_bytes() == b"head" + b"body" * 1000
         assert [p.name for p in Path(other, "1.2.3.4").iterdir()] == ["1.2.3.4.5.dcm"]
+
+
+@pytest.mark.parametrize("columns", [None, "100", "0", "junk"])
+def test_cli_help_width_is_what_shutil_gives(monkeypatch, columns):
+    """The command line's help formatter reads the terminal width itself (argparse's own import of
+    shutil cost `pacs get` ~5 ms of start-up): it must give what shutil would."""
+    import shutil
+
+    from MedImgAILib.cli import _terminal_columns
+
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    assert _terminal_columns() == shutil.get_terminal_size().columns
