@@ -23,7 +23,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import SecondaryCaptureImageStorage
 
-from ..findings.extract import nonzero_slices
+from ..findings.extract import foreground_box
 from ..results import Finding
 from ..volume import Volume
 # highdicom's IOD look-up, memoized for every object built here (the package loads before any of its modules)
@@ -61,15 +61,8 @@ def export_study(
     """SEG (one segment per finding: its ``instance_value`` voxels in ``instance_map``), SR and key images
     into ``out_dir`` as seg.dcm, sr.dcm and key_images/key_NNN.dcm. Everything is built before anything
     is written: a failing build leaves nothing behind."""
-    uids, srcs = ExportUIDs(), _sources(sources, image, instance_map, findings, key_images)
-    seg, sr = _build_results(image, instance_map, findings, srcs, device, uids, label_specs, study_measurements,
-                             person_observer, key_images)
-    kis = _build_key_images(image, instance_map, findings, srcs, device, uids) if key_images else []
-    out = Path(out_dir)
-    ki_paths = write_key_images(kis, out / "key_images") if kis else []
-    seg_path = write_seg(seg, out / "seg.dcm") if seg is not None else None
-    return ExportedObjects(seg=seg_path, sr=write_sr(sr, out / "sr.dcm"), key_images=ki_paths, uids=uids,
-                           sources=srcs)
+    return _export(out_dir, image, instance_map, findings, sources, device, label_specs, study_measurements,
+                   person_observer, key_images, draw_key_images=key_images)
 
 
 def export_results(
@@ -89,12 +82,26 @@ def export_results(
     the key images (the pipeline: key images are for viewers without SEG support, and rendering them
     should not delay the result). With ``key_images`` the SR already lists them as evidence and the
     SEG names their series; :func:`export_key_images` must then write them with the returned UIDs."""
-    uids, srcs = ExportUIDs(), _sources(sources, image, instance_map, findings, key_images)
-    seg, sr = _build_results(image, instance_map, findings, srcs, device, uids, label_specs, study_measurements,
-                             person_observer, key_images)
+    return _export(out_dir, image, instance_map, findings, sources, device, label_specs, study_measurements,
+                   person_observer, key_images, draw_key_images=False)
+
+
+def _export(out_dir, image, instance_map, findings, sources, device, label_specs, study_measurements,
+            person_observer, key_images: bool, *, draw_key_images: bool) -> ExportedObjects:
+    """:func:`export_study` (``draw_key_images``) and :func:`export_results` (without): everything
+    built before anything is written."""
+    # the labelled voxels' box, found once: which slice headers are read in full, and the SEG's extent
+    box = foreground_box(instance_map) if findings and instance_map.size else None
+    uids = ExportUIDs()
+    srcs = source_datasets(sources, image, full=_slices_copied_from(box, findings, key_images))
+    seg, sr = _build_results(image, instance_map, box, findings, srcs, device, uids, label_specs,
+                             study_measurements, person_observer, key_images)
+    kis = _build_key_images(image, instance_map, findings, srcs, device, uids) if draw_key_images else []
     out = Path(out_dir)
+    ki_paths = write_key_images(kis, out / "key_images") if kis else []
     seg_path = write_seg(seg, out / "seg.dcm") if seg is not None else None
-    return ExportedObjects(seg=seg_path, sr=write_sr(sr, out / "sr.dcm"), uids=uids, sources=srcs)
+    return ExportedObjects(seg=seg_path, sr=write_sr(sr, out / "sr.dcm"), key_images=ki_paths, uids=uids,
+                           sources=srcs)
 
 
 def export_key_images(
@@ -112,17 +119,13 @@ def export_key_images(
     return results.key_images
 
 
-def _sources(sources, image: Volume, instance_map: np.ndarray, findings: Sequence[Finding], key_images: bool):
-    return source_datasets(sources, image, full=_slices_copied_from(instance_map, findings, key_images))
-
-
-def _build_results(image, instance_map, findings, srcs, device, uids, label_specs, study_measurements,
+def _build_results(image, instance_map, box, findings, srcs, device, uids, label_specs, study_measurements,
                    person_observer, key_images) -> tuple[Optional[Dataset], Dataset]:
     seg = None
     if findings:  # a study without findings gets an SR that says so, and no SEG
         seg = build_seg(
             image.with_array(instance_map), srcs, segments_from_findings(findings, label_specs), device, uids,
-            related_series=[uids.sr_series] + ([uids.key_image_series] if key_images else []),
+            related_series=[uids.sr_series] + ([uids.key_image_series] if key_images else []), foreground=box,
         )
     sr = build_sr(findings, seg, srcs, device, uids, study_measurements=study_measurements,
                   person_observer=person_observer,
@@ -150,15 +153,15 @@ def _key_image_references(findings: Sequence[Finding], srcs: Sequence[Dataset], 
     return refs
 
 
-def _slices_copied_from(instance_map: np.ndarray, findings: Sequence[Finding], key_images: bool) -> list[int]:
+def _slices_copied_from(box: Optional[tuple[slice, ...]], findings: Sequence[Finding], key_images: bool) -> list[int]:
     """The slices whose headers the objects copy attributes from; the rest are referenced by UID.
     The first slice (the SR's source series), the first slice holding a segmented voxel (highdicom
     copies patient, study and equipment from the first of the SEG's source images; of the others it
     takes the UIDs and the position, which reference-only datasets carry as the file writes them)
     and the key-image slices (each key image copies its slice's header)."""
-    labelled = np.flatnonzero(nonzero_slices(instance_map)) if findings and instance_map.size else []
+    first_labelled = [box[0].start] if box is not None else []
     keys = [int(f.slice_index) for f in findings if f.slice_index is not None] if key_images else []
-    return sorted({0, *map(int, labelled[:1]), *keys})
+    return sorted({0, *first_labelled, *keys})
 
 
 __all__ = [

@@ -96,12 +96,14 @@ def build_seg(
     series_description: str = "",
     related_series: Sequence[str] = (),
     workers: int = 0,
+    foreground: Optional[tuple[slice, slice, slice]] = None,
 ) -> hd.seg.Segmentation:
     """A BINARY SEG of ``segments`` over ``sources`` (datasets in the label map's k order).
 
     ``labels`` [k, j, i] holds each segment's ``value``; other values are ignored. Segment numbers
     are 1..N in the order given. Raises ExportError when a segment is empty, a code is missing or
-    the grid does not match."""
+    the grid does not match. ``foreground``: ``foreground_box(labels)``, when the caller has it
+    already (one pass over the volume fewer)."""
     uids = uids or ExportUIDs()
     if isinstance(labels, Volume):
         check_label_grid(labels, sources)
@@ -116,7 +118,7 @@ def build_seg(
     values = [int(s.value) for s in segments]
     # Which values occur: count the labelled voxels inside the bounding box of all of them (lesions
     # fill a few percent of a 512x512x300 grid; a full-volume mask costs a pass over all of it).
-    box = foreground_box(arr)
+    box = foreground if foreground is not None else foreground_box(arr)
     sub = arr[box] if box is not None else arr[:0]
     labelled = sub[sub > 0]  # bincount widens to int64: only the labelled voxels (negatives are none)
     counts = np.bincount(labelled.ravel(), minlength=max(values) + 1) if labelled.size else np.zeros(max(values) + 1)
