@@ -266,6 +266,74 @@ def test_lean_requestor_constants_are_pynetdicoms():
     assert LEVELS == client.LEVELS
 
 
+def test_spin_window_grows_for_a_prompt_peer_and_vanishes_for_a_slow_one():
+    """The requestor's poll-before-sleep window (dimse.SpinWait) follows the haltpoll rule."""
+    from MedImgAILib.pacs.dimse import SpinWait
+
+    spin = SpinWait()
+    assert spin.window == 0.0  # nothing polled until a peer has been seen answering promptly
+    spin.waited(150e-6)
+    assert spin.window == SpinWait.START
+    for _ in range(10):
+        spin.waited(400e-6)
+    assert spin.window == SpinWait.MAX  # doubled up to the cap, never past it
+    spin.waited(100e-6)
+    assert spin.window == SpinWait.MAX  # a wait within the window changes nothing
+    spin.waited(5e-3)
+    assert spin.window == SpinWait.MAX / 2
+    for _ in range(10):
+        spin.waited(5e-3)
+    assert spin.window == 0.0  # a slow or idle peer: every wait sleeps at once again
+
+
+def test_polling_receive_over_a_real_socket():
+    """recv_into_exact with a spin window: the bytes arrive whole from a peer that answers at once
+    (and the window opens), from one that answers late (and it closes), a peer that closes is
+    EOFError and a peer that says nothing still times out through the socket's SO_RCVTIMEO."""
+    import socket
+    import threading
+    import time
+
+    from MedImgAILib.pacs.dimse import SpinWait, recv_into_exact, set_blocking_timeout
+
+    ours, theirs = socket.socketpair()
+    set_blocking_timeout(ours, 2.0)
+    spin = SpinWait()
+
+    def answer(n: int, delay: float) -> None:  # the peer: n messages of 64 KiB in two writes each
+        for i in range(n):
+            time.sleep(delay)
+            theirs.sendall(bytes([i]) * 40000)
+            theirs.sendall(bytes([i]) * 25536)
+
+    def exchange(n: int, delay: float) -> None:
+        peer = threading.Thread(target=answer, args=(n, delay))
+        peer.start()
+        for i in range(n):
+            buf = bytearray(65536)
+            recv_into_exact(ours, memoryview(buf), spin=spin)
+            assert buf == bytes([i]) * 65536
+        peer.join()
+
+    exchange(20, 0.0001)
+    assert spin.window > 0
+    exchange(12, 0.005)
+    assert spin.window == 0.0
+
+    set_blocking_timeout(ours, 0.2)
+    spin.window = SpinWait.MAX
+    t0 = time.perf_counter()
+    with pytest.raises(BlockingIOError):  # SO_RCVTIMEO passed: Association turns it into a DIMSE timeout
+        recv_into_exact(ours, memoryview(bytearray(10)), spin=spin)
+    assert 0.15 < time.perf_counter() - t0 < 2.0
+    theirs.sendall(b"abc")
+    theirs.close()
+    spin.window = SpinWait.MAX
+    with pytest.raises(EOFError):  # three bytes, then the peer is gone
+        recv_into_exact(ours, memoryview(bytearray(10)), spin=spin)
+    ours.close()
+
+
 _FILES = ["CT_small.dcm", "MR_small.dcm", "MR_small_implicit.dcm", "SC_rgb_rle.dcm",
           "MR_small_jpeg_ls_lossless.dcm", "JPEG2000.dcm", "MR_small_bigendian.dcm", "MR_truncated.dcm"]
 
