@@ -246,9 +246,10 @@ class Writer:
 
 def _run_get(
     node: Any, settings: Any, assoc: dimse.Association | None, identifier: bytes, classes: Sequence[str],
-    writer: Writer, cancel: threading.Event | None,
+    writer: Writer, cancel: threading.Event | None, spin: bool = True,
 ) -> Outcome:
-    """One association (``assoc``, or a new one): C-GET ``identifier``, store what arrives."""
+    """One association (``assoc``, or a new one): C-GET ``identifier``, store what arrives;
+    ``spin`` False: every wait sleeps at once (see dimse.SpinWait)."""
     out = Outcome()
     try:
         if assoc is None:
@@ -256,6 +257,8 @@ def _run_get(
     except (PacsConnectionError, AssociationRejectedError, PacsTimeoutError) as exc:
         out.error = str(exc)
         return out
+    if not spin:
+        assoc.spin = None
     try:
         res = dimse.c_get(assoc, identifier, writer.handler(assoc), cancel=cancel)
     except dimse.DimseError as exc:
@@ -344,9 +347,13 @@ def _get(
     result.associations = len(jobs)
     outcomes = [Outcome() for _ in jobs]
 
+    # polling before sleeping needs a CPU that nothing else wants: with several associations the
+    # PACS serves them all at once (2 from Orthanc here: 0.215 s -> 0.30 s with polling)
+    spin = len(jobs) == 1
+
     def work(i: int) -> None:
         assoc = first if i == 0 and covered else None
-        outcomes[i] = _run_get(node, settings, assoc, jobs[i], classes, writer, cancel)
+        outcomes[i] = _run_get(node, settings, assoc, jobs[i], classes, writer, cancel, spin)
 
     threads = [threading.Thread(target=work, args=(i,), name=f"retrieve-{i}", daemon=True) for i in range(1, len(jobs))]
     for th in threads:
