@@ -189,18 +189,23 @@ def _skip_undefined(mv: memoryview, off: int, implicit: bool) -> int:
     raise _Malformed
 
 
+_IMPLICIT_HEAD = struct.Struct("<HHI")
+_EXPLICIT_HEAD = struct.Struct("<HH2sH")
+_U32 = struct.Struct("<I")
+
+
 def _element_header(mv: memoryview, off: int, implicit: bool) -> tuple[int, bytes, int, int]:
-    """(tag, VR or b'', value length, offset of the value)."""
-    group, elem = struct.unpack_from("<HH", mv, off)
+    """(tag, VR or b'', value length, offset of the value). One unpack per element where it can:
+    this walk names every received instance (~25 us for a CT header here)."""
+    if implicit:
+        group, elem, length = _IMPLICIT_HEAD.unpack_from(mv, off)
+        return group << 16 | elem, b"", length, off + 8
+    group, elem, vr, length = _EXPLICIT_HEAD.unpack_from(mv, off)
     tag = group << 16 | elem
-    if implicit or tag in _DELIMITERS:
-        (length,) = struct.unpack_from("<I", mv, off + 4)
-        return tag, b"", length, off + 8
-    vr = bytes(mv[off + 4:off + 6])
+    if tag in _DELIMITERS:  # items and delimiters have no VR, a 4-byte length
+        return tag, b"", _U32.unpack_from(mv, off + 4)[0], off + 8
     if vr in _LONG_VRS:
-        (length,) = struct.unpack_from("<I", mv, off + 8)
-        return tag, vr, length, off + 12
-    (length,) = struct.unpack_from("<H", mv, off + 6)
+        return tag, vr, _U32.unpack_from(mv, off + 8)[0], off + 12
     return tag, vr, length, off + 8
 
 

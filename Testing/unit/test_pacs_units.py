@@ -101,6 +101,18 @@ def test_store_refuses_unsafe_uids(tmp_path, kw):
     assert not [p for p in tmp_path.rglob("*") if p.is_file()]
 
 
+def test_store_checks_every_sop_uid_in_a_folder_it_has_named_before(tmp_path):
+    """path_for remembers a study/series folder once validated (a retrieval names 200 files in
+    one): the SOP Instance UID, and a new folder's UIDs, are still checked every time."""
+    store = InstanceStore(tmp_path)
+    assert store.path_for("1.2.3", "1.2.3.4", "1.2.3.4.5") == tmp_path / "1.2.3" / "1.2.3.4" / "1.2.3.4.5.dcm"
+    assert store.path_for("1.2.3", "1.2.3.4", "1.2.3.4.6") == tmp_path / "1.2.3" / "1.2.3.4" / "1.2.3.4.6.dcm"
+    for study, series, sop in [("1.2.3", "1.2.3.4", ".."), ("1.2.3", "1.2.3.4", "../../x"),
+                               ("1.2.3", "1.2.3.4", ""), ("1.2.3", "../1.2.3.4", "1.2.3.4.7"), (None, "1.2.3.4", "1.2")]:
+        with pytest.raises(UnsafeUidError, match="not a valid DICOM UID"):
+            store.path_for(study, series, sop)
+
+
 def _catalog(tmp_path: Path) -> InstanceStore:
     store = InstanceStore(tmp_path)
     rows = [("1.1", "1.1.1", "1.1.1.1", "CT", "DOE^JOHN", "20240101"), ("1.1", "1.1.1", "1.1.1.2", "CT", "DOE^JOHN", "20240101"),
