@@ -621,14 +621,15 @@ class InstanceStore:
 
     # -- paths ----------------------------------------------------------------------------------
     def path_for(self, study_uid: object, series_uid: object, sop_uid: object) -> Path:
-        key = (study_uid, series_uid)
-        folder = self._folders.get(key)
+        # only text is remembered: a multi-valued element (a list, unhashable) is refused below
+        key = (study_uid, series_uid) if isinstance(study_uid, str) and isinstance(series_uid, str) else None
+        folder = None if key is None else self._folders.get(key)
         if folder is None:
             study = validate_uid(study_uid, "StudyInstanceUID")
             series = validate_uid(series_uid, "SeriesInstanceUID")
             _inside_store(self.root, (study, series))
             folder = self.root.joinpath(study, series)
-            if len(self._folders) < 4096:
+            if key is not None and len(self._folders) < 4096:
                 self._folders[key] = folder
         sop = validate_uid(sop_uid, "SOPInstanceUID")
         _inside_store(self.root, (sop,))

@@ -108,7 +108,8 @@ def test_store_checks_every_sop_uid_in_a_folder_it_has_named_before(tmp_path):
     assert store.path_for("1.2.3", "1.2.3.4", "1.2.3.4.5") == tmp_path / "1.2.3" / "1.2.3.4" / "1.2.3.4.5.dcm"
     assert store.path_for("1.2.3", "1.2.3.4", "1.2.3.4.6") == tmp_path / "1.2.3" / "1.2.3.4" / "1.2.3.4.6.dcm"
     for study, series, sop in [("1.2.3", "1.2.3.4", ".."), ("1.2.3", "1.2.3.4", "../../x"),
-                               ("1.2.3", "1.2.3.4", ""), ("1.2.3", "../1.2.3.4", "1.2.3.4.7"), (None, "1.2.3.4", "1.2")]:
+                               ("1.2.3", "1.2.3.4", ""), ("1.2.3", "../1.2.3.4", "1.2.3.4.7"), (None, "1.2.3.4", "1.2"),
+                               (["1.2.3", "1.2"], "1.2.3.4", "1.2.3.4.8")]:
         with pytest.raises(UnsafeUidError, match="not a valid DICOM UID"):
             store.path_for(study, series, sop)
 
