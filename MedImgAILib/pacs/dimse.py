@@ -406,9 +406,12 @@ class SpinWait:
     idle peer costs no polling after a few waits, a prompt one costs at most ``MAX`` per wait.
     ``MAX`` covers Orthanc's ~0.3-0.45 ms between a C-STORE-RSP and the next C-STORE-RQ here.
 
-    One thread of the process polls at a time (:attr:`turn`; the others sleep at once): a poller
-    needs a CPU of its own, and several (parallel associations) took the CPUs the PACS itself
-    needed: 2 associations from Orthanc here, 0.215 s -> 0.298 s for 200 images."""
+    One thread of the process polls at a time (:attr:`turn`; the others sleep at once), so polling
+    never takes more than one CPU from whatever else runs (two retrievals in one Slicer, the PACS on
+    the same machine). That alone is not enough for a retrieval over several associations from
+    Orthanc here (2 associations, 200 images: 0.215 s without polling, 0.298 s with every thread
+    polling, 0.306 s with one at a time: Orthanc's threads need both cores), so the retrieval does
+    not poll then at all (``retrieval._get``)."""
 
     START = 20e-6
     MAX = 500e-6
